@@ -1,0 +1,102 @@
+"""Backends: where the arrays live and which kernels run on them.
+
+``get_backend("numpy" | "cupy" | "auto")`` returns the kernels (an :class:`Ops`) for one array
+module. ``"auto"`` (or the ``GPUNN_BACKEND`` environment variable) picks CuPy when it can run on
+a GPU here and NumPy otherwise, with one notice saying why; an explicit ``"cupy"`` that cannot
+run raises :class:`~gpunn.errors.BackendUnavailableError` saying why and what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+from ..errors import BackendUnavailableError, InputError
+from .cuda import cupy_module, gpu_available, unavailable_reason
+from .numpy_ops import NumpyOps
+from .ops import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops
+
+BACKEND_NAMES = ("numpy", "cupy")
+ENV_VAR = "GPUNN_BACKEND"
+
+__all__ = [
+    "BACKEND_NAMES",
+    "HIDDEN_ACTIVATIONS",
+    "LOSSES",
+    "OUTPUT_ACTIVATIONS",
+    "Array",
+    "GpuFallbackWarning",
+    "NumpyOps",
+    "Ops",
+    "available_backends",
+    "backend_of",
+    "cupy_module",
+    "get_backend",
+    "gpu_available",
+    "unavailable_reason",
+]
+
+
+class GpuFallbackWarning(UserWarning):
+    """``backend="auto"`` found no usable GPU and runs on NumPy."""
+
+
+def available_backends() -> list[str]:
+    """The backends that can run here: always ``"numpy"``, and ``"cupy"`` with a usable GPU."""
+    return ["numpy", "cupy"] if gpu_available() else ["numpy"]
+
+
+def get_backend(name: str | Ops | None = "auto") -> Ops:
+    """The kernels for ``name``: ``"numpy"``, ``"cupy"`` or ``"auto"`` (None means ``"auto"``).
+
+    ``"auto"`` reads ``GPUNN_BACKEND`` first; without it, CuPy where a GPU works, else NumPy.
+    """
+    if isinstance(name, Ops):
+        return name
+    if name is None or name == "auto":
+        name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+        if name == "auto":
+            return _auto_backend()
+        where = f"the {ENV_VAR} environment variable"
+    else:
+        where = "backend"
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise InputError(
+            f"{where} is {name!r}; choose one of 'auto', " + ", ".join(map(repr, BACKEND_NAMES))
+        )
+    return _backend(name.lower())
+
+
+@functools.cache
+def _backend(name: str) -> Ops:
+    if name == "numpy":
+        return NumpyOps()
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend 'cupy' was requested but cannot run: {reason}. "
+            "Use backend='numpy' (or 'auto') to run on the CPU."
+        )
+    from .cupy_ops import CupyOps  # pragma: no cover - needs a GPU
+
+    return CupyOps()  # pragma: no cover - needs a GPU
+
+
+@functools.cache
+def _auto_backend() -> Ops:
+    reason = unavailable_reason()
+    if reason is None:  # pragma: no cover - needs a GPU
+        return _backend("cupy")
+    warnings.warn(
+        f"gpunn: running on NumPy (CPU) because {reason}", GpuFallbackWarning, stacklevel=3
+    )
+    return _backend("numpy")
+
+
+def backend_of(array: object) -> Ops:
+    """The backend whose device holds ``array`` (NumPy for anything that is not on a GPU)."""
+    cupy = cupy_module()
+    if cupy is not None and isinstance(array, cupy.ndarray):  # pragma: no cover - needs a GPU
+        return _backend("cupy")
+    return _backend("numpy")

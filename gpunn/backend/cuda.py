@@ -1,0 +1,68 @@
+"""The one module that imports CuPy.
+
+A missing CuPy (or one that imports but finds no usable GPU) is stubbed here, so that the rest
+of gpunn imports and runs on NumPy without it. ``cupy`` is the module or ``None``;
+:func:`unavailable_reason` says in words why the GPU cannot be used, and what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+try:  # pragma: no cover - depends on the machine
+    import cupy
+    import cupyx
+except ImportError as exc:  # pragma: no cover - depends on the machine
+    cupy = None
+    cupyx = None
+    _IMPORT_ERROR: str | None = str(exc)
+else:  # pragma: no cover - depends on the machine
+    _IMPORT_ERROR = None
+
+INSTALL_HINT = (
+    'install CuPy for your CUDA version: pip install "gpunn[cuda12]" or "gpunn[cuda13]"'
+)
+
+
+def cupy_module() -> ModuleType | None:
+    """CuPy if it imports, else None (whether or not a GPU is usable)."""
+    return cupy
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when CuPy can run kernels on a GPU here; otherwise why not, and what to do."""
+    if cupy is None:
+        return f"CuPy is not installed ({_IMPORT_ERROR}); {INSTALL_HINT}"
+    try:  # pragma: no cover - needs a GPU
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, or a missing libcuda
+        return _describe_cuda_failure(exc)
+    if count == 0:
+        return "CuPy is installed but no NVIDIA GPU is visible (check CUDA_VISIBLE_DEVICES)"
+    try:  # pragma: no cover - needs a GPU
+        (cupy.arange(4, dtype=cupy.float32) * 2).sum().item()
+    except Exception as exc:  # pragma: no cover - needs a GPU
+        return _describe_cuda_failure(exc)
+    return None
+
+
+def _describe_cuda_failure(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if "insufficient" in lowered and "driver" in lowered:
+        return (
+            f"the NVIDIA driver is too old for this CuPy build ({text}); update the driver "
+            "or install the CuPy package for an older CUDA (gpunn[cuda12])"
+        )
+    if "no cuda-capable device" in lowered or "no device" in lowered:
+        return f"CuPy is installed but no NVIDIA GPU was found ({text})"
+    if "libcuda" in lowered or "driver" in lowered:
+        return f"CuPy is installed but the NVIDIA driver is missing or unusable ({text})"
+    return f"CuPy is installed but cannot use a GPU ({text})"
+
+
+def gpu_available() -> bool:
+    """True when CuPy is installed and a GPU can run kernels."""
+    return unavailable_reason() is None

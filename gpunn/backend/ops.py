@@ -1,0 +1,262 @@
+"""The reference kernels: every piece of the batched math, written once against ``self.xp``.
+
+One sample per row: a batch of activations is an array of shape (B, n). Each kernel writes into
+an ``out=`` buffer that the caller allocated once (for a given batch size), so that a training
+step reuses the same memory. The methods come in named forward/backward pairs and carry the
+article's equation they implement. :class:`~gpunn.backend.numpy_ops.NumpyOps` and
+:class:`~gpunn.backend.cupy_ops.CupyOps` override only hot paths; everything else runs this code.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+Array = Any  # an array of this backend's module (numpy.ndarray, cupy.ndarray)
+
+HIDDEN_ACTIVATIONS = ("sigmoid", "relu", "tanh", "identity")
+OUTPUT_ACTIVATIONS = ("sigmoid", "softmax", "identity")
+LOSSES = ("mse", "cross_entropy")
+
+_SPLITMIX_GAMMA = numpy.uint64(0x9E3779B97F4A7C15)
+_SPLITMIX_M1 = numpy.uint64(0xBF58476D1CE4E5B9)
+_SPLITMIX_M2 = numpy.uint64(0x94D049BB133111EB)
+
+
+class Ops:
+    """Reference kernels for one array module. Subclasses set ``name`` and ``xp``."""
+
+    name = "reference"
+    xp: ModuleType = numpy
+
+    def __init__(self) -> None:
+        self.host_transfers = 0  # counted by to_host(), so tests can prove a loop makes none
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # ------------------------------------------------------------------ memory and transfers
+    def asarray(self, array: Any, dtype: Any = None) -> Array:
+        """The array on this backend's device (no copy when it is already there)."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def to_host(self, array: Array) -> numpy.ndarray:
+        """A NumPy copy of a device array: the one place gpunn moves data to the host."""
+        self.host_transfers += 1
+        return numpy.array(array, copy=True)
+
+    def is_device_array(self, array: Any) -> bool:
+        return isinstance(array, self.xp.ndarray)
+
+    def empty(self, shape: Any, dtype: Any) -> Array:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Array:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait until queued device work has finished (nothing to wait for on the CPU)."""
+
+    def device_name(self) -> str:
+        return "CPU"
+
+    # ------------------------------------------------------------------ affine map
+    def affine_forward(self, A_prev: Array, W: Array, b: Array, out: Array) -> Array:
+        """Z = A_prev Wᵀ + b: the batched z^(l) = W^(l) a^(l-1) + b^(l), one sample per row."""
+        self.xp.matmul(A_prev, W.T, out=out)
+        out += b
+        return out
+
+    def affine_backward_weights(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
+        """∂C/∂W^(l) = δ^(l)ᵀ A^(l-1) and ∂C/∂b^(l) = Σ_rows δ^(l), written into dW and db."""
+        self.xp.matmul(delta.T, A_prev, out=dW)
+        self.xp.sum(delta, axis=0, out=db)
+
+    def affine_backward_input(self, delta: Array, W: Array, out: Array) -> Array:
+        """∂C/∂a^(l-1) = δ^(l) W^(l): the error carried back one layer, before σ'."""
+        return self.xp.matmul(delta, W, out=out)
+
+    # ------------------------------------------------------------------ activations
+    def activation_forward(self, name: str, Z: Array, out: Array) -> Array:
+        """A = σ(Z), elementwise (out may be Z itself). softmax normalises each row."""
+        xp = self.xp
+        if name == "sigmoid":
+            return self.sigmoid(Z, out)
+        if name == "relu":
+            return xp.maximum(Z, 0, out=out)
+        if name == "tanh":
+            return xp.tanh(Z, out=out)
+        if name == "identity":
+            if out is not Z:
+                out[...] = Z
+            return out
+        if name == "softmax":
+            return self.softmax(Z, out)
+        raise ValueError(f"unknown activation {name!r}")
+
+    def sigmoid(self, Z: Array, out: Array) -> Array:
+        """σ(z) = 1 / (1 + e^(−z))."""
+        xp = self.xp
+        xp.negative(Z, out=out)
+        xp.exp(out, out=out)
+        out += 1
+        return xp.reciprocal(out, out=out)
+
+    def softmax(self, Z: Array, out: Array) -> Array:
+        """softmax(z)_k = e^(z_k − max z) / Σ_j e^(z_j − max z), row by row."""
+        xp = self.xp
+        xp.subtract(Z, Z.max(axis=1, keepdims=True), out=out)
+        xp.exp(out, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def activation_backward(self, name: str, A: Array, delta: Array, scratch: Array) -> Array:
+        """δ ⊙= σ'(z), with σ' written through a = σ(z) so that z need not be kept.
+
+        sigmoid: σ' = a(1 − a);  tanh: σ' = 1 − a²;  relu: σ' = [a > 0];  identity: σ' = 1.
+        ``scratch`` is a buffer of A's shape that the kernel may overwrite.
+        """
+        xp = self.xp
+        if name == "sigmoid":
+            xp.subtract(1, A, out=scratch)
+            scratch *= A
+            delta *= scratch
+        elif name == "tanh":
+            xp.multiply(A, A, out=scratch)
+            xp.subtract(1, scratch, out=scratch)
+            delta *= scratch
+        elif name == "relu":
+            xp.greater(A, 0, out=scratch)
+            delta *= scratch
+        elif name != "identity":
+            raise ValueError(f"unknown activation {name!r}")
+        return delta
+
+    # ------------------------------------------------------------------ cost and output delta
+    def output_delta(
+        self, output: str, loss: str, Z: Array, A: Array, Y: Array, scale: float, out: Array
+    ) -> Array:
+        """δ^(L) = ∂C/∂z^(L) for the batch, where C averages over the n rows (scale = 1/n).
+
+        mse:  ∂C/∂a = (2/n)(a − y), then ⊙ σ'(z) (softmax: its Jacobian, a ⊙ (g − Σ g a)).
+        cross_entropy with softmax (or with sigmoid, per unit): (a − y)/n exactly.
+        """
+        xp = self.xp
+        xp.subtract(A, Y, out=out)
+        if loss == "cross_entropy":
+            out *= scale
+            return out
+        out *= 2 * scale
+        if output == "softmax":
+            weighted = (out * A).sum(axis=1, keepdims=True)
+            out -= weighted
+            out *= A
+            return out
+        return self.activation_backward(output, A, out, scratch=Z)
+
+    def cost_sum(self, output: str, loss: str, Z: Array, A: Array, Y: Array) -> Array:
+        """Σ over the batch of each sample's cost, as a 0-d device array (no host sync).
+
+        mse: Σ_i ||a_i − y_i||².  cross_entropy: −Σ_i Σ_k y_ik log a_ik, computed from the
+        logits z (log-softmax, or log-sigmoid per unit) so that it stays finite.
+        """
+        xp = self.xp
+        if loss == "mse":
+            diff = A - Y
+            return xp.vdot(diff, diff)
+        if output == "softmax":
+            shifted = Z - Z.max(axis=1, keepdims=True)
+            log_a = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+            return -xp.vdot(Y, log_a)
+        # binary cross-entropy per unit: −[y log σ(z) + (1−y) log(1−σ(z))] = softplus(z) − y z
+        softplus = xp.logaddexp(0, Z)
+        return softplus.sum() - xp.vdot(Y, Z)
+
+    # ------------------------------------------------------------------ optimizer updates
+    def sgd_update(self, params: Array, grads: Array, lr: float, weight_decay: float = 0.0) -> None:
+        """θ ← θ − η (∇C + λθ): one operation over the flat parameter buffer."""
+        if weight_decay:
+            grads += weight_decay * params
+        params -= lr * grads
+
+    def momentum_update(
+        self,
+        params: Array,
+        grads: Array,
+        velocity: Array,
+        lr: float,
+        momentum: float,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        """v ← μv + g;  θ ← θ − η v  (Nesterov: θ ← θ − η (g + μv)),  g = ∇C + λθ."""
+        if weight_decay:
+            grads += weight_decay * params
+        velocity *= momentum
+        velocity += grads
+        if nesterov:
+            grads += momentum * velocity
+            params -= lr * grads
+        else:
+            params -= lr * velocity
+
+    def adam_update(
+        self,
+        params: Array,
+        grads: Array,
+        m: Array,
+        v: Array,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        step: int,
+        weight_decay: float = 0.0,
+    ) -> None:
+        """Adam: m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η m̂ / (√v̂ + ε),
+        with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ); weight decay is decoupled (AdamW): θ ← θ − ηλθ."""
+        xp = self.xp
+        if weight_decay:
+            params *= 1 - lr * weight_decay
+        m *= beta1
+        m += (1 - beta1) * grads
+        v *= beta2
+        v += (1 - beta2) * grads * grads
+        step_size = lr / (1 - beta1**step)
+        denom = xp.sqrt(v / (1 - beta2**step)) + eps
+        params -= step_size * (m / denom)
+
+    # ------------------------------------------------------------------ data on the device
+    def permutation(self, n: int, seed: int, epoch: int) -> Array:
+        """A permutation of range(n) for (seed, epoch), made on the device.
+
+        Each index gets the key splitmix64(seed·2³² + epoch, index) and the indices are sorted by
+        key: every backend and every process draws the same order from the same seed, so that a
+        run resumed at epoch e, a run on another device and each rank of a data-parallel run
+        all see exactly the batches a single uninterrupted run would.
+        """
+        xp = self.xp
+        stream = ((int(seed) & 0xFFFFFFFF) << 32) | (int(epoch) & 0xFFFFFFFF)
+        offset = numpy.uint64((stream * int(_SPLITMIX_M2)) & 0xFFFFFFFFFFFFFFFF)
+        z = xp.arange(1, n + 1, dtype=xp.uint64) * _SPLITMIX_GAMMA + offset
+        z ^= z >> numpy.uint64(30)
+        z *= _SPLITMIX_M1
+        z ^= z >> numpy.uint64(27)
+        z *= _SPLITMIX_M2
+        z ^= z >> numpy.uint64(31)
+        return xp.argsort(z, kind="stable")
+
+    def gather_rows(self, source: Array, index: Array, out: Array) -> Array:
+        """out[i] = source[index[i]]: a shuffled mini-batch, gathered on the device."""
+        return self.xp.take(source, index, axis=0, out=out)
+
+    def one_hot(self, labels: Array, n_classes: int, dtype: Any) -> Array:
+        """Integer labels (n,) as rows of the identity (n, n_classes), on the device."""
+        xp = self.xp
+        return (labels[:, None] == xp.arange(n_classes)[None, :]).astype(dtype)
+
+    def all_finite(self, array: Array) -> Array:
+        """A 0-d device boolean: no NaN or infinity in the array (read back by the caller)."""
+        return self.xp.isfinite(array).all()

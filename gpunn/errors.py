@@ -1,0 +1,33 @@
+"""The exceptions gpunn raises: each names the argument and what is wrong with it."""
+
+
+class GpunnError(Exception):
+    """Base class of every error gpunn raises on purpose."""
+
+
+class InputError(GpunnError, ValueError):
+    """An argument has a wrong value or shape (NaN, out-of-range label, bad size...)."""
+
+
+class InputTypeError(GpunnError, TypeError):
+    """An argument has the wrong type or dtype."""
+
+
+class DataError(InputError):
+    """A dataset or data file is missing, malformed or inconsistent."""
+
+
+class ModelFileError(GpunnError, ValueError):
+    """A model file is missing, truncated, corrupt, hostile or of an unknown format version."""
+
+
+class BackendUnavailableError(GpunnError, RuntimeError):
+    """An explicitly requested backend cannot be used here (not installed, no GPU, old driver)."""
+
+
+class DivergenceError(GpunnError, FloatingPointError):
+    """Training produced a NaN or infinite loss or weight; the network keeps its last finite weights."""
+
+
+class DeviceMemoryError(GpunnError, MemoryError):
+    """The device ran out of memory; the message names the batch size and the memory needed."""

@@ -1,0 +1,355 @@
+"""A feedforward network and backpropagation, batched: one sample per row.
+
+Layer l = 1..L maps the activations a^(l-1) of the layer before to
+
+    z^(l) = W^(l) a^(l-1) + b^(l),        a^(l) = σ(z^(l)),        a^(0) = x,
+
+with W^(l) of shape (n_l, n_{l-1}) (w_{to,from}). For a batch X of shape (B, n_0) the same reads
+Z = A_prev Wᵀ + b. The cost C averages over the batch; backpropagation computes
+
+    δ^(L) = ∂C/∂z^(L),    ∂C/∂W^(l) = δ^(l)ᵀ A^(l-1),    ∂C/∂b^(l) = Σ_rows δ^(l),
+    δ^(l-1) = (δ^(l) W^(l)) ⊙ σ'(z^(l-1)),
+
+and mini-batch SGD moves every W and b against its gradient (see :mod:`gpunn.train`).
+
+All weights and biases live in one flat buffer ``params`` (each W and b is a view into it) and
+their gradients in another, ``grads``, so that an optimizer update is one operation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy
+
+from . import validation
+from .backend import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops, get_backend
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    from .io import Checkpoint
+    from .optim import Optimizer
+    from .train import History
+
+INITS = ("normal", "glorot", "he")
+PREDICT_CHUNK = 4096  # rows per forward pass in predict/evaluate/loss: bounds device memory
+
+
+@dataclass
+class Workspace:
+    """The buffers of one training step for batch size ``rows``, allocated once and reused.
+
+    ``A[l]`` holds a^(l+1) (hidden layers compute z in place and overwrite it with σ(z));
+    ``Z_out`` keeps z^(L) for the cost; ``delta[l]`` holds δ^(l+1); ``scratch[l]`` is room for
+    σ'(z); ``X``, ``Y`` and ``index`` receive a shuffled batch.
+    """
+
+    rows: int
+    A: list[Array]
+    Z_out: Array
+    delta: list[Array]
+    scratch: list[Array]
+    X: Array
+    Y: Array
+    index: Array
+    _views: dict[int, Workspace] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def allocate(cls, ops: Ops, sizes: Sequence[int], rows: int, dtype: Any) -> Workspace:
+        widths = sizes[1:]
+        return cls(
+            rows=rows,
+            A=[ops.empty((rows, n), dtype) for n in widths],
+            Z_out=ops.empty((rows, widths[-1]), dtype),
+            delta=[ops.empty((rows, n), dtype) for n in widths],
+            scratch=[ops.empty((rows, n), dtype) for n in widths],
+            X=ops.empty((rows, sizes[0]), dtype),
+            Y=ops.empty((rows, widths[-1]), dtype),
+            index=ops.empty((rows,), "int64"),
+        )
+
+    def first_rows(self, m: int) -> Workspace:
+        """The same buffers cut to their first m rows (contiguous views), for a smaller batch."""
+        if m == self.rows:
+            return self
+        view = self._views.get(m)
+        if view is None:
+            view = Workspace(
+                rows=m,
+                A=[a[:m] for a in self.A],
+                Z_out=self.Z_out[:m],
+                delta=[d[:m] for d in self.delta],
+                scratch=[s[:m] for s in self.scratch],
+                X=self.X[:m],
+                Y=self.Y[:m],
+                index=self.index[:m],
+            )
+            self._views[m] = view
+        return view
+
+
+class Network:
+    """A feedforward network a^(l) = σ(W^(l) a^(l-1) + b^(l)) with its cost and gradients.
+
+    Parameters
+    ----------
+    sizes: layer sizes, input first, e.g. ``[784, 30, 10]``.
+    activation: σ of the hidden layers: sigmoid (the article's), relu, tanh or identity.
+    output: σ of the output layer: sigmoid, softmax or identity.
+    loss: ``"mse"``, C = (1/n) Σ ||a − y||² (the article's), or ``"cross_entropy"`` (with
+        softmax: −(1/n) Σ y·log a; with sigmoid: the binary cross-entropy of each unit).
+    init: ``"normal"``, the article's small random weights N(0, 1/n_in) and zero biases;
+        ``"glorot"`` (uniform, for sigmoid/tanh) or ``"he"`` (normal, for relu).
+    backend: ``"numpy"``, ``"cupy"`` or ``"auto"`` (see :func:`gpunn.get_backend`).
+    dtype: ``"float32"`` or ``"float64"``.
+    seed: the same seed gives the same weights on every backend.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "sigmoid",
+        output: str = "sigmoid",
+        loss: str = "mse",
+        init: str = "normal",
+        backend: str | Ops = "auto",
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> None:
+        self.sizes = validation.check_sizes(sizes)
+        self.activation = validation.check_choice("activation", activation, HIDDEN_ACTIVATIONS)
+        self.output = validation.check_choice("output", output, OUTPUT_ACTIVATIONS)
+        self.loss_name = validation.check_choice("loss", loss, LOSSES)
+        if self.loss_name == "cross_entropy" and self.output == "identity":
+            raise InputError(
+                "loss='cross_entropy' needs output='softmax' (classes) or 'sigmoid' "
+                "(independent binary units); with output='identity' use loss='mse'"
+            )
+        self.init = validation.check_choice("init", init, INITS)
+        self.dtype = validation.check_dtype(dtype)
+        self.seed = validation.check_positive_int("seed", seed, minimum=0)
+        self.backend: Ops = get_backend(backend)
+
+        shapes = [(n_out, n_in) for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]
+        self.n_params = sum(n_out * n_in + n_out for n_out, n_in in shapes)
+        self.params = self.backend.zeros(self.n_params, self.dtype)
+        self.grads = self.backend.zeros(self.n_params, self.dtype)
+        self.weights, self.biases = _layer_views(self.params, shapes)
+        self.weight_grads, self.bias_grads = _layer_views(self.grads, shapes)
+        self._workspaces: dict[int, Workspace] = {}
+        self.optimizer: Optimizer | None = None  # the last fit's, with its state, for checkpoints
+        self.checkpoint: Checkpoint | None = None  # what gpunn.load read besides the weights
+        self.set_params(initial_params(self.sizes, self.init, self.seed))
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def n_layers(self) -> int:
+        """L: the number of layers with weights (hidden layers and the output layer)."""
+        return len(self.sizes) - 1
+
+    def get_params(self) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+        """Host NumPy copies [(W, b), ...], W of shape (n_out, n_in)."""
+        host = self.backend.to_host(self.params)
+        W, b = _layer_views(host, [w.shape for w in self.weights])
+        return list(zip(W, b))
+
+    def set_params(self, params: Sequence[tuple[Any, Any]]) -> None:
+        """Copy [(W, b), ...] (host or device arrays) into the network's parameters."""
+        params = list(params)
+        if len(params) != self.n_layers:
+            raise InputError(
+                f"set_params got {len(params)} (W, b) pairs; this network has {self.n_layers} layers"
+            )
+        for l, (W, b) in enumerate(params):
+            for name, new, old in (("W", W, self.weights[l]), ("b", b, self.biases[l])):
+                new = numpy.asarray(new) if not self.backend.is_device_array(new) else new
+                if tuple(new.shape) != old.shape:
+                    raise InputError(
+                        f"layer {l + 1} {name} has shape {tuple(new.shape)}; expected {old.shape}"
+                    )
+                old[...] = self.backend.asarray(new, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ forward and backward
+    def workspace(self, rows: int) -> Workspace:
+        """Buffers for a batch of ``rows`` samples: allocated on first use, then reused."""
+        for size, space in self._workspaces.items():
+            if size >= rows:
+                return space.first_rows(rows)
+        space = Workspace.allocate(self.backend, self.sizes, rows, self.dtype)
+        self._workspaces = {rows: space}  # one set of buffers; smaller batches use its views
+        return space
+
+    def feedforward(self, X: Array, ws: Workspace) -> Array:
+        """a^(l) = σ(W^(l) a^(l-1) + b^(l)) for l = 1..L; returns a^(L) (in ``ws``)."""
+        ops = self.backend
+        A_prev = X
+        last = self.n_layers - 1
+        for l, (W, b) in enumerate(zip(self.weights, self.biases)):
+            if l < last:
+                Z = ops.affine_forward(A_prev, W, b, out=ws.A[l])
+                A_prev = ops.activation_forward(self.activation, Z, out=Z)
+            else:
+                Z = ops.affine_forward(A_prev, W, b, out=ws.Z_out)
+                A_prev = ops.activation_forward(self.output, Z, out=ws.A[l])
+        return A_prev
+
+    def cost_sum(self, Y: Array, ws: Workspace) -> Array:
+        """Σ over the batch of each sample's cost, as a device scalar; call before backprop."""
+        return self.backend.cost_sum(self.output, self.loss_name, ws.Z_out, ws.A[-1], Y)
+
+    def backprop(self, X: Array, Y: Array, ws: Workspace, scale: float) -> None:
+        """Fill ``grads`` with ∂C/∂W and ∂C/∂b for the batch, after :meth:`feedforward`.
+
+        ``scale`` is 1/n for a cost averaged over n samples. δ^(L) comes from the output
+        layer's activation and cost; each layer then yields its gradients and δ^(l-1).
+        """
+        ops = self.backend
+        L = self.n_layers
+        delta = ops.output_delta(
+            self.output, self.loss_name, ws.Z_out, ws.A[L - 1], Y, scale, out=ws.delta[L - 1]
+        )
+        for l in range(L - 1, -1, -1):
+            A_prev = X if l == 0 else ws.A[l - 1]
+            ops.affine_backward_weights(delta, A_prev, self.weight_grads[l], self.bias_grads[l])
+            if l > 0:
+                delta = ops.affine_backward_input(delta, self.weights[l], out=ws.delta[l - 1])
+                ops.activation_backward(self.activation, A_prev, delta, scratch=ws.scratch[l - 1])
+
+    # ------------------------------------------------------------------ data on the device
+    def device_inputs(self, X: Any, name: str = "X") -> Array:
+        """X checked and on this network's device, in its dtype (no copy if it already is)."""
+        X = validation.check_features(X, self.sizes[0], name)
+        return self.backend.asarray(X, dtype=self.dtype)
+
+    def device_targets(self, Y: Any, n_samples: int, name: str = "Y") -> Array:
+        """Targets on the device as rows (n, n_out): integer labels are one-hot encoded."""
+        Y, is_labels = validation.check_targets(Y, n_samples, self.sizes[-1], name)
+        Y = self.backend.asarray(Y)
+        if not is_labels:
+            return self.backend.asarray(Y, dtype=self.dtype)
+        if self.sizes[-1] == 1:
+            return Y.reshape(-1, 1).astype(self.dtype)
+        return self.backend.one_hot(Y, self.sizes[-1], self.dtype)
+
+    def _chunks(self, X: Array):
+        """(rows, workspace, a^(L)) for X in chunks of at most PREDICT_CHUNK rows."""
+        n = X.shape[0]
+        for start in range(0, n, PREDICT_CHUNK):
+            rows = slice(start, min(start + PREDICT_CHUNK, n))
+            ws = self.workspace(rows.stop - rows.start)
+            yield rows, ws, self.feedforward(X[rows], ws)
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, X: Any) -> numpy.ndarray:
+        """The network's outputs a^(L) for each row of X, as a NumPy array (n, n_out)."""
+        Xd = self.device_inputs(X)
+        out = self.backend.empty((Xd.shape[0], self.sizes[-1]), self.dtype)
+        for rows, _, A in self._chunks(Xd):
+            out[rows] = A
+        return self.backend.to_host(out)
+
+    def loss(self, X: Any, Y: Any) -> float:
+        """The cost C on (X, Y), averaged over the samples."""
+        return self.evaluate(X, Y)["loss"]
+
+    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
+        """``{"loss": C, "accuracy": fraction of rows whose largest output is the target's}``.
+
+        With one output unit, a row counts as right when a ≥ 0.5 matches y ≥ 0.5.
+        """
+        Xd = self.device_inputs(X)
+        Yd = self.device_targets(Y, Xd.shape[0])
+        return self.evaluate_device(Xd, Yd)
+
+    def evaluate_device(self, Xd: Array, Yd: Array) -> dict[str, float]:
+        """:meth:`evaluate` for data already checked and on the device; one read-back."""
+        xp = self.backend.xp
+        totals = xp.zeros(2, dtype=self.dtype)  # [Σ cost, Σ correct]
+        for rows, ws, A in self._chunks(Xd):
+            Y = Yd[rows]
+            totals[0] += self.cost_sum(Y, ws)
+            if A.shape[1] == 1:
+                totals[1] += xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
+            else:
+                totals[1] += xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
+        cost, correct = self.backend.to_host(totals).tolist()
+        n = Xd.shape[0]
+        return {"loss": cost / n, "accuracy": correct / n}
+
+    def gradients(self, X: Any, Y: Any) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+        """Host copies [(∂C/∂W, ∂C/∂b), ...] of :meth:`loss` on (X, Y): one batch of all rows."""
+        Xd = self.device_inputs(X)
+        Yd = self.device_targets(Y, Xd.shape[0])
+        ws = self.workspace(Xd.shape[0])
+        self.feedforward(Xd, ws)
+        self.backprop(Xd, Yd, ws, scale=1.0 / Xd.shape[0])
+        host = self.backend.to_host(self.grads)
+        dW, db = _layer_views(host, [w.shape for w in self.weights])
+        return list(zip(dW, db))
+
+    def fit(self, X: Any, Y: Any, **options: Any) -> History:
+        """Train by mini-batch SGD; see :func:`gpunn.train.fit` for the options."""
+        from .train import fit
+
+        return fit(self, X, Y, **options)
+
+    def save(self, path: str | PathLike[str], **extra: Any) -> None:
+        """Write the network to a ``.npz`` model file, atomically; see :mod:`gpunn.io`."""
+        from .io import save_network
+
+        save_network(self, path, **extra)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments (without backend), as stored in model files."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": self.activation,
+            "output": self.output,
+            "loss": self.loss_name,
+            "init": self.init,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def __repr__(self) -> str:
+        arch = "-".join(map(str, self.sizes))
+        return (
+            f"Network({arch}, activation={self.activation!r}, output={self.output!r}, "
+            f"loss={self.loss_name!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+        )
+
+
+def _layer_views(flat: Array, shapes: Sequence[tuple[int, int]]) -> tuple[list[Array], list[Array]]:
+    """Cut a flat buffer into per-layer views W (n_out, n_in) and b (n_out,), in layer order."""
+    weights, biases = [], []
+    offset = 0
+    for n_out, n_in in shapes:
+        weights.append(flat[offset : offset + n_out * n_in].reshape(n_out, n_in))
+        offset += n_out * n_in
+        biases.append(flat[offset : offset + n_out])
+        offset += n_out
+    return weights, biases
+
+
+def initial_params(sizes: Sequence[int], init: str, seed: int) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+    """Initial (W, b) per layer, drawn on the host so that every backend starts the same.
+
+    normal: W ~ N(0, 1/n_in), the article's small random weights; glorot: W ~ U(±√(6/(n_in+n_out)));
+    he: W ~ N(0, 2/n_in). Biases start at zero.
+    """
+    rng = numpy.random.default_rng(seed)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        if init == "glorot":
+            limit = math.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-limit, limit, size=(n_out, n_in))
+        else:
+            std = math.sqrt((2.0 if init == "he" else 1.0) / n_in)
+            W = rng.normal(0.0, std, size=(n_out, n_in))
+        params.append((W, numpy.zeros(n_out)))
+    return params

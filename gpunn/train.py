@@ -1,0 +1,260 @@
+"""The training loop: epochs of mini-batch SGD on device-resident data.
+
+Each epoch draws a permutation of the samples on the device (or keeps their order), cuts it into
+mini-batches of ``batch_size`` rows (the last one smaller), and for each batch runs
+feedforward, backpropagation with the cost averaged over that batch, and one optimizer update.
+Nothing in the step loop reads data back to the host: the summed cost stays on the device and is
+read once per epoch, together with a finiteness check of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import validation
+from .errors import DivergenceError, InputError
+from .optim import Optimizer, make_optimizer, make_schedule
+
+if TYPE_CHECKING:
+    from .network import Network
+
+
+class History:
+    """Per-epoch metrics: ``history.records`` is a list of dicts, ``history["loss"]`` a column."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+
+    def append(self, record: dict[str, float]) -> None:
+        self.records.append(record)
+
+    def __getitem__(self, metric: str) -> list[float]:
+        return [r[metric] for r in self.records if metric in r]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        last = self.records[-1] if self.records else {}
+        return f"History({len(self)} epochs, last={last})"
+
+
+class Callback:
+    """Hooks called by :func:`fit`; return True from ``on_epoch_end`` to stop training."""
+
+    def on_train_begin(self, net: Network) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, net: Network, record: dict[str, float]) -> bool | None:
+        """Called after each epoch with its metrics; True stops training."""
+        return None
+
+    def on_train_end(self, net: Network, history: History) -> None:
+        """Called once after the last epoch."""
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs, and
+    (with ``restore_best``) put back the weights of the best epoch."""
+
+    def __init__(
+        self,
+        patience: int = 5,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+    ) -> None:
+        self.patience = validation.check_positive_int("patience", patience)
+        self.monitor = monitor
+        self.min_delta = min_delta
+        self.restore_best = restore_best
+        self.best = math.inf
+        self.best_params: list[Any] | None = None
+        self.waited = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, net: Network, record: dict[str, float]) -> bool:
+        value = record.get(self.monitor)
+        if value is None:
+            raise InputError(
+                f"early stopping monitors {self.monitor!r}, which fit does not report; "
+                f"pass validation_data or monitor one of {sorted(record)}"
+            )
+        if value < self.best - self.min_delta:
+            self.best, self.waited = value, 0
+            if self.restore_best:
+                self.best_params = net.get_params()
+            return False
+        self.waited += 1
+        if self.waited >= self.patience:
+            self.stopped_epoch = int(record["epoch"])
+            return True
+        return False
+
+    def on_train_end(self, net: Network, history: History) -> None:
+        if self.restore_best and self.best_params is not None and self.stopped_epoch is not None:
+            net.set_params(self.best_params)
+
+
+class _LambdaCallback(Callback):
+    def __init__(self, function: Callable[[Network, dict[str, float]], bool | None]) -> None:
+        self.function = function
+
+    def on_epoch_end(self, net: Network, record: dict[str, float]) -> bool | None:
+        return self.function(net, record)
+
+
+def fit(
+    net: Network,
+    X: Any,
+    Y: Any,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    lr: float | None = None,
+    optimizer: str | Optimizer | None = None,
+    validation_data: tuple[Any, Any] | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    progress: bool = True,
+    callbacks: Iterable[Callback | Callable[..., Any]] = (),
+    schedule: str | Callable[[int], float] | None = None,
+    initial_epoch: int = 0,
+    total_epochs: int | None = None,
+) -> History:
+    """Train ``net`` on (X, Y) by mini-batch gradient descent; returns the per-epoch History.
+
+    X: (n, n_in) samples; Y: integer labels (n,) or targets (n, n_out). Host arrays are copied
+    to the device once; arrays already on the network's device are used as they are.
+    epochs, batch_size, lr: the article's η and mini-batch size m; each step moves the
+    parameters by −η times the gradient averaged over its batch (the last batch of an epoch
+    may be smaller and is averaged over its own size).
+    optimizer: "sgd" (default), "momentum", "nesterov", "adam" or an :class:`Optimizer`.
+    shuffle, seed: each epoch's order is a permutation drawn on the device from ``seed``
+    (default: the network's seed) and the epoch number; ``shuffle=False`` keeps the order.
+    schedule: "step", "cosine" or a function epoch → factor of the learning rate.
+    initial_epoch, total_epochs: resume at that epoch (the order and schedule continue as if
+    the run had not stopped); total_epochs is the length the schedule plans for.
+    """
+    epochs = validation.check_positive_int("epochs", epochs)
+    batch_size = validation.check_positive_int("batch_size", batch_size)
+    initial_epoch = validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
+    seed = net.seed if seed is None else validation.check_positive_int("seed", seed, minimum=0)
+    opt = make_optimizer(optimizer, lr)
+    plan = total_epochs if total_epochs is not None else initial_epoch + epochs
+    lr_factor = make_schedule(schedule, plan)
+    hooks = [c if isinstance(c, Callback) else _LambdaCallback(c) for c in callbacks]
+
+    Xd = net.device_inputs(X)
+    Yd = net.device_targets(Y, Xd.shape[0])
+    val = None
+    if validation_data is not None:
+        Xv = net.device_inputs(validation_data[0], "validation X")
+        val = (Xv, net.device_targets(validation_data[1], Xv.shape[0], "validation Y"))
+
+    history = History()
+    ops = net.backend
+    last_good = ops.empty(net.params.shape, net.params.dtype)
+    for hook in hooks:
+        hook.on_train_begin(net)
+    bar = _progress_bar(epochs, enabled=progress)
+    try:
+        for epoch in range(initial_epoch, initial_epoch + epochs):
+            opt.lr = opt.base_lr * lr_factor(epoch)
+            last_good[...] = net.params
+            started = time.perf_counter()
+            cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch)
+            ops.synchronize()
+            seconds = time.perf_counter() - started
+            loss_sum, params_finite = _read_back(ops, cost, net.params)
+            if not (math.isfinite(loss_sum) and params_finite):
+                net.params[...] = last_good
+                raise DivergenceError(
+                    f"training diverged in epoch {epoch + 1}: the loss or the weights became NaN "
+                    f"or infinite (learning rate {opt.lr:g}). Try a lower learning rate; the "
+                    "network keeps the weights from the start of that epoch"
+                )
+            n = Xd.shape[0]
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / n,
+                "lr": opt.lr,
+                "seconds": seconds,
+                "samples_per_second": n / seconds if seconds > 0 else math.inf,
+            }
+            if val is not None:
+                metrics = net.evaluate_device(*val)
+                record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+            history.append(record)
+            _show(bar, record)
+            stop = [hook.on_epoch_end(net, record) for hook in hooks]
+            if any(stop):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    for hook in hooks:
+        hook.on_train_end(net, history)
+    net.optimizer = opt
+    return history
+
+
+def run_epoch(
+    net: Network,
+    Xd: Any,
+    Yd: Any,
+    opt: Optimizer,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+) -> Any:
+    """One pass over device-resident (Xd, Yd); returns the summed cost as a device scalar."""
+    ops = net.backend
+    n = Xd.shape[0]
+    order = ops.permutation(n, seed, epoch) if shuffle else None
+    cost = ops.zeros((), net.params.dtype)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        ws = net.workspace(stop - start)
+        if order is None:
+            X, Y = Xd[start:stop], Yd[start:stop]
+        else:
+            batch = order[start:stop]
+            X = ops.gather_rows(Xd, batch, out=ws.X)
+            Y = ops.gather_rows(Yd, batch, out=ws.Y)
+        net.feedforward(X, ws)
+        cost += net.cost_sum(Y, ws)
+        net.backprop(X, Y, ws, scale=1.0 / (stop - start))
+        opt.step(ops, net.params, net.grads)
+    return cost
+
+
+def _read_back(ops: Any, cost: Any, params: Any) -> tuple[float, bool]:
+    """The epoch's summed cost and whether every weight is finite: one host transfer."""
+    xp = ops.xp
+    both = xp.stack([cost.astype(xp.float64), ops.all_finite(params).astype(xp.float64)])
+    loss_sum, finite = ops.to_host(both).tolist()
+    return loss_sum, bool(finite)
+
+
+def _progress_bar(epochs: int, enabled: bool) -> Any:
+    """A tqdm bar over epochs (off when disabled or when stderr is not a terminal)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=epochs, unit="epoch", disable=None, dynamic_ncols=True)
+
+
+def _show(bar: Any, record: dict[str, float]) -> None:
+    if bar is None:
+        return
+    shown = {"loss": f"{record['loss']:.4g}", "samples/s": f"{record['samples_per_second']:.3g}"}
+    if "val_accuracy" in record:
+        shown["val_acc"] = f"{record['val_accuracy']:.4f}"
+    bar.set_postfix(shown, refresh=False)
+    bar.update(1)
