@@ -124,6 +124,7 @@ def fit(
     schedule: str | Callable[[int], float] | None = None,
     initial_epoch: int = 0,
     total_epochs: int | None = None,
+    comm: Any = None,
 ) -> History:
     """Train ``net`` on (X, Y) by mini-batch gradient descent; returns the per-epoch History.
 
@@ -138,6 +139,9 @@ def fit(
     schedule: "step", "cosine" or a function epoch → factor of the learning rate.
     initial_epoch, total_epochs: resume at that epoch (the order and schedule continue as if
     the run had not stopped); total_epochs is the length the schedule plans for.
+    comm: a communicator from :func:`gpunn.distributed.connect` for data-parallel training:
+    every rank holds all of (X, Y) and the same network, takes its share of each mini-batch,
+    and the gradients are summed across ranks before every update (see :func:`run_epoch`).
     """
     epochs = validation.check_positive_int("epochs", epochs)
     batch_size = validation.check_positive_int("batch_size", batch_size)
@@ -166,7 +170,7 @@ def fit(
             opt.lr = opt.base_lr * lr_factor(epoch)
             last_good[...] = net.params
             started = time.perf_counter()
-            cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch)
+            cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch, comm)
             ops.synchronize()
             seconds = time.perf_counter() - started
             loss_sum, params_finite = _read_back(ops, cost, net.params)
@@ -211,26 +215,50 @@ def run_epoch(
     shuffle: bool,
     seed: int,
     epoch: int,
+    comm: Any = None,
 ) -> Any:
-    """One pass over device-resident (Xd, Yd); returns the summed cost as a device scalar."""
+    """One pass over device-resident (Xd, Yd); returns the summed cost as a device scalar.
+
+    With a communicator, rank r of N computes the gradient of its contiguous share of each
+    global batch of m rows, scaled by 1/m, and an allreduce sums the shares: every rank then
+    holds the gradient averaged over the whole batch and applies the same update.
+    """
     ops = net.backend
     n = Xd.shape[0]
     order = ops.permutation(n, seed, epoch) if shuffle else None
     cost = ops.zeros((), net.params.dtype)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        ws = net.workspace(stop - start)
-        if order is None:
-            X, Y = Xd[start:stop], Yd[start:stop]
+        scale = 1.0 / (stop - start)
+        if comm is not None:
+            start, stop = shard_rows(start, stop, comm.rank, comm.size)
+        if stop > start:
+            ws = net.workspace(stop - start)
+            if order is None:
+                X, Y = Xd[start:stop], Yd[start:stop]
+            else:
+                batch = order[start:stop]
+                X = ops.gather_rows(Xd, batch, out=ws.X)
+                Y = ops.gather_rows(Yd, batch, out=ws.Y)
+            net.feedforward(X, ws)
+            cost += net.cost_sum(Y, ws)
+            net.backprop(X, Y, ws, scale)
         else:
-            batch = order[start:stop]
-            X = ops.gather_rows(Xd, batch, out=ws.X)
-            Y = ops.gather_rows(Yd, batch, out=ws.Y)
-        net.feedforward(X, ws)
-        cost += net.cost_sum(Y, ws)
-        net.backprop(X, Y, ws, scale=1.0 / (stop - start))
+            net.grads[...] = 0
+        if comm is not None:
+            comm.allreduce_sum(net.grads)
         opt.step(ops, net.params, net.grads)
+    if comm is not None:
+        comm.allreduce_sum(cost)
     return cost
+
+
+def shard_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [lo, hi) of rows [start, stop) split over ``size``
+    ranks as evenly as possible (the first ``(stop − start) mod size`` ranks get one more)."""
+    count, extra = divmod(stop - start, size)
+    lo = start + rank * count + min(rank, extra)
+    return lo, lo + count + (1 if rank < extra else 0)
 
 
 def _read_back(ops: Any, cost: Any, params: Any) -> tuple[float, bool]:
