@@ -142,6 +142,7 @@ class Network:
         self.weights, self.biases = _layer_views(self.params, shapes)
         self.weight_grads, self.bias_grads = _layer_views(self.grads, shapes)
         self._workspaces: dict[int, Workspace] = {}
+        self.epoch_cost = self.backend.zeros((), self.dtype)  # Σ cost over an epoch, on device
         self.optimizer: Optimizer | None = None  # the last fit's, with its state, for checkpoints
         self.checkpoint: Checkpoint | None = None  # what gpunn.load read besides the weights
         self.set_params(initial_params(self.sizes, self.init, self.seed))

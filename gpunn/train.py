@@ -222,27 +222,36 @@ def run_epoch(
     With a communicator, rank r of N computes the gradient of its contiguous share of each
     global batch of m rows, scaled by 1/m, and an allreduce sums the shares: every rank then
     holds the gradient averaged over the whole batch and applies the same update.
+
+    Each step runs through ``ops.run_step``, which may record it once and replay it (CUDA
+    graphs): a step therefore reads its batch from the workspace's fixed buffers and adds its
+    cost into a buffer that lives as long as the network.
     """
     ops = net.backend
     n = Xd.shape[0]
     order = ops.permutation(n, seed, epoch) if shuffle else None
-    cost = ops.zeros((), net.params.dtype)
+    fixed_buffers = ops.replays_steps
+    cost = net.epoch_cost
+    cost[...] = 0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         scale = 1.0 / (stop - start)
         if comm is not None:
             start, stop = shard_rows(start, stop, comm.rank, comm.size)
-        if stop > start:
-            ws = net.workspace(stop - start)
-            if order is None:
-                X, Y = Xd[start:stop], Yd[start:stop]
+        rows = stop - start
+        if rows > 0:
+            ws = net.workspace(rows)
+            if order is not None:
+                X = ops.gather_rows(Xd, order[start:stop], out=ws.X)
+                Y = ops.gather_rows(Yd, order[start:stop], out=ws.Y)
+            elif fixed_buffers:
+                X, Y = ops.copy_into(ws.X, Xd[start:stop]), ops.copy_into(ws.Y, Yd[start:stop])
             else:
-                batch = order[start:stop]
-                X = ops.gather_rows(Xd, batch, out=ws.X)
-                Y = ops.gather_rows(Yd, batch, out=ws.Y)
-            net.feedforward(X, ws)
-            cost += net.cost_sum(Y, ws)
-            net.backprop(X, Y, ws, scale)
+                X, Y = Xd[start:stop], Yd[start:stop]
+            ops.run_step(
+                ("train", rows, scale),
+                lambda X=X, Y=Y, ws=ws, scale=scale: _gradient_step(net, X, Y, ws, scale, cost),
+            )
         else:
             net.grads[...] = 0
         if comm is not None:
@@ -251,6 +260,13 @@ def run_epoch(
     if comm is not None:
         comm.allreduce_sum(cost)
     return cost
+
+
+def _gradient_step(net: Network, X: Any, Y: Any, ws: Any, scale: float, cost: Any) -> None:
+    """Feedforward, add the batch's cost to ``cost``, and backpropagate into ``net.grads``."""
+    net.feedforward(X, ws)
+    cost += net.cost_sum(Y, ws)
+    net.backprop(X, Y, ws, scale)
 
 
 def shard_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:

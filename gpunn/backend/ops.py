@@ -30,6 +30,7 @@ class Ops:
 
     name = "reference"
     xp: ModuleType = numpy
+    replays_steps = False  # True where run_step records a step once and replays it
 
     def __init__(self) -> None:
         self.host_transfers = 0  # counted by to_host(), so tests can prove a loop makes none
@@ -55,6 +56,19 @@ class Ops:
 
     def zeros(self, shape: Any, dtype: Any) -> Array:
         return self.xp.zeros(shape, dtype=dtype)
+
+    def copy_into(self, out: Array, source: Array) -> Array:
+        """out[...] = source, on the device."""
+        out[...] = source
+        return out
+
+    def run_step(self, key: Any, step: Any) -> None:
+        """Run ``step()``, a training step whose buffers are fixed for ``key``.
+
+        Here it simply calls it; a backend that can record a step (CUDA graphs) replays the
+        recording for later calls with the same key.
+        """
+        step()
 
     def synchronize(self) -> None:
         """Wait until queued device work has finished (nothing to wait for on the CPU)."""
