@@ -9,6 +9,7 @@ read once per epoch, together with a finiteness check of the weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -164,8 +165,7 @@ def fit(
     last_good = ops.empty(net.params.shape, net.params.dtype)
     for hook in hooks:
         hook.on_train_begin(net)
-    bar = _progress_bar(epochs, enabled=progress)
-    try:
+    with ops.training_scope(batch_size), _progress_bar(epochs, enabled=progress) as bar:
         for epoch in range(initial_epoch, initial_epoch + epochs):
             opt.lr = opt.base_lr * lr_factor(epoch)
             last_good[...] = net.params
@@ -197,9 +197,6 @@ def fit(
             stop = [hook.on_epoch_end(net, record) for hook in hooks]
             if any(stop):
                 break
-    finally:
-        if bar is not None:
-            bar.close()
     for hook in hooks:
         hook.on_train_end(net, history)
     net.optimizer = opt
@@ -286,9 +283,9 @@ def _read_back(ops: Any, cost: Any, params: Any) -> tuple[float, bool]:
 
 
 def _progress_bar(epochs: int, enabled: bool) -> Any:
-    """A tqdm bar over epochs (off when disabled or when stderr is not a terminal)."""
+    """A tqdm bar over epochs (None when disabled; tqdm hides it when stderr is no terminal)."""
     if not enabled:
-        return None
+        return contextlib.nullcontext(None)
     from tqdm.auto import tqdm
 
     return tqdm(total=epochs, unit="epoch", disable=None, dynamic_ncols=True)

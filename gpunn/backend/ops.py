@@ -9,6 +9,7 @@ article's equation they implement. :class:`~gpunn.backend.numpy_ops.NumpyOps` an
 
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -61,6 +62,10 @@ class Ops:
         """out[...] = source, on the device."""
         out[...] = source
         return out
+
+    def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
+        """A context entered around a whole fit (BLAS threads, streams); nothing here."""
+        return contextlib.nullcontext()
 
     def run_step(self, key: Any, step: Any) -> None:
         """Run ``step()``, a training step whose buffers are fixed for ``key``.
