@@ -1,0 +1,412 @@
+"""The contenders: gpunn on each backend, PyTorch (eager, CUDA graphs), the per-sample loop,
+and the float32 GEMM ceiling.
+
+Each ``make_*`` function takes a configuration, a batch size and the shared synthetic data and
+returns a :class:`Contender` whose ``run(steps)`` performs exactly ``steps`` full SGD steps
+(forward, backward, update) over the same device-resident data, in the same order, from the
+same initial weights. Anything that cannot run here raises :class:`Skip` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import persample
+from .configs import BenchConfig
+from .sysinfo import blas_threads
+from .timing import CudaEventTimer, HostTimer, Timer, measure
+
+
+class Skip(Exception):
+    """A contender cannot run here; the message says why."""
+
+
+@dataclass
+class Contender:
+    """One thing being timed: ``run(steps)`` does ``steps`` training steps of ``batch``."""
+
+    name: str
+    backend: str  # the gpunn backend whose device it runs on: "numpy" (CPU) or "cupy" (GPU)
+    batch: int
+    run: Callable[[int], Any]
+    timer: Timer
+    info: dict = field(default_factory=dict)
+    #: what it trains (the gpunn Network, the torch model...), for inspection in tests
+    model: Any = None
+
+
+def device_of(backend: str) -> str:
+    return "gpu" if backend == "cupy" else "cpu"
+
+
+# --------------------------------------------------------------------------- shared data
+class SyntheticData:
+    """Seeded MNIST-shaped data for one model: X uniform in [0, 1), integer labels.
+
+    The same host arrays feed every contender; device copies are made once and cached.
+    """
+
+    def __init__(self, n_in: int, n_out: int, n_samples: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.X = rng.random((n_samples, n_in), dtype=np.float32)
+        self.labels = rng.integers(0, n_out, size=n_samples).astype(np.int64)
+        self.n_out = n_out
+        self._onehot: np.ndarray | None = None
+        self._cache: dict[Any, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    @property
+    def onehot(self) -> np.ndarray:
+        if self._onehot is None:
+            self._onehot = persample.one_hot(self.labels, self.n_out)
+        return self._onehot
+
+    def for_gpunn(self, backend: Any) -> tuple[Any, Any]:
+        """(X, labels) on the device of a gpunn backend, transferred once."""
+        key = ("gpunn", backend.name)
+        if key not in self._cache:
+            self._cache[key] = (backend.asarray(self.X), backend.asarray(self.labels))
+            backend.synchronize()
+        return self._cache[key]
+
+    def for_torch(self, torch: Any, device: str, onehot: bool) -> tuple[Any, Any]:
+        """(X, targets) as torch tensors on ``device`` (targets one-hot for MSE)."""
+        key = ("torch", device, onehot)
+        if key not in self._cache:
+            y = self.onehot if onehot else self.labels
+            self._cache[key] = (torch.from_numpy(self.X).to(device),
+                                torch.from_numpy(y).to(device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return self._cache[key]
+
+
+def steps_per_pass(batch: int, n_samples: int) -> int:
+    """How many whole batches the shared data holds."""
+    if batch > n_samples:
+        raise ValueError(f"batch size {batch} exceeds the {n_samples} samples generated")
+    return n_samples // batch
+
+
+def canonical_steps(steps: int, batch: int, n_samples: int) -> int:
+    """``steps`` rounded up so that it is either at most one pass or whole passes."""
+    spp = steps_per_pass(batch, n_samples)
+    steps = max(1, int(steps))
+    return steps if steps <= spp else spp * math.ceil(steps / spp)
+
+
+def _split(steps: int, batch: int, n_samples: int) -> tuple[int, int]:
+    """(steps per pass, passes) for a canonical step count."""
+    spp = steps_per_pass(batch, n_samples)
+    if steps <= spp:
+        return steps, 1
+    if steps % spp:
+        raise ValueError(f"{steps} steps is not a whole number of passes of {spp} steps")
+    return spp, steps // spp
+
+
+# --------------------------------------------------------------------------- gpunn
+def _gpunn() -> Any:
+    import gpunn
+
+    if not hasattr(gpunn, "Network"):
+        raise Skip("gpunn.Network is not available (the core is not importable)")
+    return gpunn
+
+
+def make_network(cfg: BenchConfig, backend: str, seed: int = 0) -> Any:
+    """gpunn.Network for ``cfg`` on ``backend``, float32, through the public API."""
+    gpunn = _gpunn()
+    return gpunn.Network(list(cfg.layers), activation=cfg.activation, output=cfg.output,
+                         loss=cfg.loss, init=cfg.init, backend=backend, dtype="float32",
+                         seed=seed)
+
+
+def backend_timer(backend: Any) -> Timer:
+    """CUDA events on the backend's stream for CuPy, a synchronised host clock otherwise."""
+    if getattr(backend, "name", "numpy") == "cupy":
+        from .sysinfo import get_cupy
+
+        cp = get_cupy()
+        if cp is not None:
+            stream = getattr(backend, "stream", None)
+            return CudaEventTimer(cp.cuda.Event, cp.cuda.get_elapsed_time,
+                                  backend.synchronize, stream)
+    return HostTimer(backend.synchronize)
+
+
+def make_gpunn(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
+               seed: int = 0, net: Any = None) -> Contender:
+    """gpunn: ``net.fit`` over the device-resident data, no shuffling, no progress bar."""
+    net = net if net is not None else make_network(cfg, backend, seed)
+    be = net.backend
+    X, y = data.for_gpunn(be)
+    n = len(data)
+
+    def run(steps: int) -> None:
+        spp, passes = _split(steps, batch, n)
+        m = spp * batch
+        net.fit(X[:m], y[:m], epochs=passes, batch_size=batch, lr=cfg.lr, shuffle=False,
+                progress=False)
+
+    return Contender("gpunn", be.name, batch, run, backend_timer(be),
+                     {"device": be.device_name() if hasattr(be, "device_name") else be.name},
+                     net)
+
+
+# --------------------------------------------------------------------------- PyTorch
+def import_torch() -> Any:
+    try:
+        import torch
+    except Exception as exc:
+        raise Skip(f"PyTorch is not importable ({type(exc).__name__}: {exc})") from None
+    return torch
+
+
+def torch_device(torch: Any, backend: str) -> str:
+    if backend == "cupy":
+        if not torch.cuda.is_available():
+            raise Skip(f"torch {torch.__version__} has no usable CUDA device "
+                       f"(built for CUDA {torch.version.cuda})")
+        return "cuda"
+    return "cpu"
+
+
+def set_torch_threads(torch: Any) -> dict:
+    """Give torch as many CPU threads as NumPy's BLAS has; report both."""
+    n = blas_threads()
+    if n:
+        torch.set_num_threads(n)
+    return {"numpy_blas_threads": n, "torch_threads": torch.get_num_threads()}
+
+
+def torch_model(torch: Any, cfg: BenchConfig, params: list, device: str) -> tuple[Any, Any]:
+    """(model, loss_fn) equal to the gpunn network with weights ``params`` [(W, b), ...].
+
+    Softmax + cross-entropy is folded into ``F.cross_entropy`` (logits in, mean over the
+    batch); MSE is ||a - y||^2 summed over outputs, averaged over the batch (DESIGN.md 2).
+    """
+    nn = torch.nn
+    acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+    mods: list[Any] = []
+    for i, (W, b) in enumerate(params):
+        lin = nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
+            lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
+        mods.append(lin)
+        if i < len(params) - 1:
+            mods.append(acts[cfg.activation]())
+    if cfg.loss == "cross_entropy":
+        if cfg.output != "softmax":
+            raise Skip("cross_entropy needs the softmax output")
+        loss_fn = torch.nn.functional.cross_entropy
+    else:
+        if cfg.output == "softmax":
+            mods.append(nn.Softmax(dim=1))
+        elif cfg.output != "identity":
+            mods.append(acts[cfg.output]())
+
+        def loss_fn(out: Any, y: Any) -> Any:
+            return ((out - y) ** 2).sum(dim=1).mean()
+
+    model = nn.Sequential(*mods).to(device)
+    return model, loss_fn
+
+
+def _torch_setup(cfg: BenchConfig, backend: str, data: SyntheticData, params: list
+                 ) -> tuple[Any, str, Any, Any, Any, Any, dict]:
+    torch = import_torch()
+    device = torch_device(torch, backend)
+    info = {"torch": torch.__version__, "device": device,
+            "update": "p -= lr * grad (torch._foreach_add_)"}
+    if device == "cpu":
+        info.update(set_torch_threads(torch))
+    model, loss_fn = torch_model(torch, cfg, params, device)
+    X, Y = data.for_torch(torch, device, onehot=(cfg.loss == "mse"))
+    return torch, device, model, loss_fn, X, Y, info
+
+
+def torch_sgd(torch: Any, model: Any, lr: float) -> tuple[Callable[[], None],
+                                                         Callable[[], None]]:
+    """(zero_grad, step) of plain SGD, p <- p - lr * grad, as one foreach kernel where torch
+    has it. (torch.optim.SGD does the same arithmetic; building one imports torch._dynamo,
+    which costs seconds, and its per-step bookkeeping is overhead no contender needs.)"""
+    params = list(model.parameters())
+    foreach = getattr(torch, "_foreach_add_", None)
+
+    def zero_grad() -> None:
+        for p in params:
+            p.grad = None
+
+    def step() -> None:
+        with torch.no_grad():
+            grads = [p.grad for p in params]
+            if foreach is not None:
+                foreach(params, grads, alpha=-lr)
+            else:  # pragma: no cover - very old torch
+                for p, g in zip(params, grads, strict=True):
+                    p.add_(g, alpha=-lr)
+
+    return zero_grad, step
+
+
+def _torch_timer(torch: Any, device: str) -> Timer:
+    if device == "cuda":
+        return CudaEventTimer(lambda: torch.cuda.Event(enable_timing=True),
+                              lambda a, b: a.elapsed_time(b), torch.cuda.synchronize)
+    return HostTimer()
+
+
+def make_torch_eager(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
+                     params: list) -> Contender:
+    """PyTorch eager: Linear layers, SGD, one Python-level step per batch."""
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params)
+    zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
+    n = len(data)
+
+    def run(steps: int) -> None:
+        spp, passes = _split(steps, batch, n)
+        for _ in range(passes):
+            for i in range(spp):
+                xb = X[i * batch:(i + 1) * batch]
+                yb = Y[i * batch:(i + 1) * batch]
+                zero_grad()
+                loss_fn(model(xb), yb).backward()
+                sgd_step()
+
+    return Contender("torch-eager", backend, batch, run, _torch_timer(torch, device), info,
+                     model)
+
+
+def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
+                          params: list) -> Contender:
+    """PyTorch with the whole step (forward, backward, SGD update) captured as a CUDA graph;
+    each step copies its batch into the static input and replays the graph."""
+    if backend != "cupy":
+        raise Skip("CUDA graphs need the GPU")
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params)
+    zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
+    static_x = X[:batch].clone()
+    static_y = Y[:batch].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            zero_grad()
+            loss_fn(model(static_x), static_y).backward()
+            sgd_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    zero_grad()  # grads are allocated inside the capture, from the graph's memory pool
+    with torch.cuda.graph(graph):
+        static_loss = loss_fn(model(static_x), static_y)
+        static_loss.backward()
+        sgd_step()
+    # start from the same weights as everyone else (the warm-up steps moved them)
+    with torch.no_grad():
+        lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+        for lin, (W, b) in zip(lins, params, strict=True):
+            lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
+            lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
+    n = len(data)
+
+    def run(steps: int) -> None:
+        spp, passes = _split(steps, batch, n)
+        for _ in range(passes):
+            for i in range(spp):
+                static_x.copy_(X[i * batch:(i + 1) * batch])
+                static_y.copy_(Y[i * batch:(i + 1) * batch])
+                graph.replay()
+
+    info["graph"] = True
+    return Contender("torch-cuda-graph", backend, batch, run, _torch_timer(torch, device), info,
+                     model)
+
+
+# --------------------------------------------------------------------------- per-sample loop
+def per_sample_count(cfg: BenchConfig, target_s: float) -> int:
+    """How many samples the per-sample loop gets: about ``target_s`` seconds of work at the
+    ~4 GFLOP/s such loops reach (6 FLOPs per weight per sample), between 8 and 2048."""
+    est_rate = 4e9 / (6 * cfg.weights)
+    return int(min(2048, max(8, round(target_s * est_rate))))
+
+
+def make_per_sample(cfg: BenchConfig, batch: int, data: SyntheticData, params: list
+                    ) -> Contender:
+    """The article-style loop (see :mod:`gpunn.bench.persample`) on NumPy, float32."""
+    work = persample.copy_params(params)
+    onehot = data.onehot
+    X = data.X
+
+    def run(steps: int) -> None:
+        n = steps * batch
+        if n > len(X):
+            raise ValueError("per-sample loop asked for more samples than generated")
+        persample.sgd_steps(work, X[:n], onehot[:n], batch, cfg.lr, cfg.activation,
+                            cfg.output, cfg.loss)
+
+    return Contender("per-sample", "numpy", batch, run, HostTimer(),
+                     {"note": "one sample at a time, gradient summed over the mini-batch"})
+
+
+# --------------------------------------------------------------------------- GEMM ceiling
+def gemm_size(backend: str, quick: bool = False) -> int:
+    if backend == "cupy":
+        return 4096 if quick else 8192
+    return 1024 if quick else 2048
+
+
+def gemm_gflops(matmul: Callable[[], Any], n: int, timer: Timer, repeats: int = 5,
+                warmup: int = 1) -> dict:
+    """Median (and min/max) GFLOP/s of an n x n x n float32 product (2 n^3 FLOPs)."""
+    m = measure(matmul, steps=1, batch=1, timer=timer, warmup=warmup, repeats=repeats)
+    flops = 2.0 * n**3
+    return {"n": n, "gflops": flops / m.median / 1e9, "gflops_min": flops / m.max / 1e9,
+            "gflops_max": flops / m.min / 1e9, "median_s": m.median, "repeats": repeats,
+            "timer": m.timer, "dtype": "float32"}
+
+
+def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0) -> dict:
+    """The float32 GEMM rate of a gpunn backend (``xp.matmul`` into a preallocated output)."""
+    from gpunn.backend import get_backend
+
+    be = get_backend(backend_name)
+    rng = np.random.default_rng(seed)
+    A = be.asarray(rng.random((n, n), dtype=np.float32))
+    B = be.asarray(rng.random((n, n), dtype=np.float32))
+    C = be.asarray(np.empty((n, n), dtype=np.float32))
+    xp = getattr(be, "xp", None)
+
+    def matmul() -> None:
+        if xp is not None:
+            xp.matmul(A, B, out=C)
+        else:
+            _ = A @ B
+
+    out = gemm_gflops(matmul, n, backend_timer(be), repeats)
+    out["library"] = getattr(xp, "__name__", backend_name)
+    return out
+
+
+def torch_gemm(backend: str, n: int, repeats: int = 5) -> dict:
+    """The float32 GEMM rate of PyTorch on the device matching ``backend``."""
+    torch = import_torch()
+    device = torch_device(torch, backend)
+    info = set_torch_threads(torch) if device == "cpu" else {}
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand((n, n), generator=g).to(device)
+    B = torch.rand((n, n), generator=g).to(device)
+    C = torch.empty((n, n), device=device)
+    out = gemm_gflops(lambda: torch.matmul(A, B, out=C), n, _torch_timer(torch, device),
+                      repeats)
+    out.update(info, library=f"torch {torch.__version__}",
+               float32_matmul_precision=torch.get_float32_matmul_precision())
+    return out

@@ -1,0 +1,176 @@
+"""Results as a text table, a JSON file (written atomically) and a log-log plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_ORDER = {"gpunn": 0, "torch-eager": 1, "torch-cuda-graph": 2, "per-sample": 3}
+
+
+def _rows(results: dict | list) -> list[dict]:
+    return list(results["rows"] if isinstance(results, dict) else results)
+
+
+def _si(x: float | None) -> str:
+    """3 significant digits with k/M suffixes: 51234 -> '51.2k'."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def format_table(results: dict | list) -> str:
+    """One line per (backend, configuration, batch, contender), plus GEMM ceilings and skips.
+
+    Columns: samples/s (median, with the slowest..fastest repeat), ms per step, spread
+    ((max - min) / median of the repeats), GFLOP/s done, % of that backend's float32 GEMM
+    rate, and the ratio to PyTorch eager on the same device, configuration and batch.
+    """
+    lines: list[str] = []
+    if isinstance(results, dict):
+        for name, g in (results.get("gemm") or {}).items():
+            if "gflops" in g:
+                lines.append(f"float32 GEMM ceiling {name:<10} n={g['n']:<5} "
+                             f"{g['gflops']:8.1f} GFLOP/s (min {g['gflops_min']:.1f}, "
+                             f"max {g['gflops_max']:.1f})")
+            else:
+                lines.append(f"float32 GEMM ceiling {name:<10} {g.get('error', '?')}")
+        if lines:
+            lines.append("")
+    header = (f"{'backend':<7} {'contender':<17} {'config':<12} {'batch':>6} "
+              f"{'samples/s':>10} {'(min..max)':>16} {'ms/step':>9} {'spread':>7} "
+              f"{'GFLOP/s':>8} {'%GEMM':>6} {'x torch':>8}")
+    lines.append(header)
+    lines.append("-" * len(header))
+    rows = sorted(_rows(results), key=lambda r: (r.get("backend", ""), r.get("family", ""),
+                                                 r.get("batch", 0), r.get("config", ""),
+                                                 _ORDER.get(r.get("contender", ""), 9)))
+    for r in rows:
+        head = (f"{r.get('backend', ''):<7} {r.get('contender', ''):<17} "
+                f"{r.get('config', ''):<12} {r.get('batch', ''):>6} ")
+        if r.get("status") != "ok":
+            lines.append(head + f"{r.get('status', '?')}: {r.get('reason', '')}")
+            continue
+        rng = f"({_si(r['samples_per_s_min'])}..{_si(r['samples_per_s_max'])})"
+        lines.append(head + f"{_si(r['samples_per_s']):>10} {rng:>16} "
+                     f"{_num(r['ms_per_step'], '.3f'):>9} {_num(100 * r['spread'], '.1f'):>6}% "
+                     f"{_num(r.get('gflops'), '.1f'):>8} {_num(r.get('pct_gemm'), '.1f'):>6} "
+                     f"{_num(r.get('ratio_to_torch'), '.2f'):>8}")
+    if isinstance(results, dict):
+        for s in results.get("skipped") or []:
+            lines.append(f"skipped {s['contender']} on {s['backend']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def _default(o: Any) -> Any:
+    """JSON for NumPy scalars and arrays, paths, tuples."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (Path, os.PathLike)):
+        return os.fspath(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    return str(o)
+
+
+def _atomic_target(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    return path, tmp
+
+
+def write_json(results: dict | list, path: str | os.PathLike[str]) -> Path:
+    """Write ``results`` as JSON: to a temporary file beside ``path``, then os.replace."""
+    path, tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=_default, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike[str]) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def plot(results: dict | list, path: str | os.PathLike[str]) -> Path:
+    """Log-log samples/s against batch size: one panel per model, one line per contender and
+    backend (the per-sample loop as a single marker). Needs matplotlib (gpunn[plot])."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError(
+            f"plotting needs matplotlib ({exc}); install it with: pip install 'gpunn[plot]'"
+        ) from None
+    rows = [r for r in _rows(results) if r.get("status") == "ok"]
+    if not rows:
+        raise ValueError("no successful measurements to plot")
+    families = sorted({r.get("family") or r["config"] for r in rows},
+                      key=lambda f: ("seed", "mlp", "wide").index(f)
+                      if f in ("seed", "mlp", "wide") else 9)
+    fig, axes = plt.subplots(1, len(families), figsize=(5.2 * len(families), 4.4), squeeze=False)
+    markers = {"gpunn": "o", "torch-eager": "s", "torch-cuda-graph": "^", "per-sample": "x"}
+    for ax, fam in zip(axes[0], families, strict=True):
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in rows:
+            if (r.get("family") or r["config"]) == fam:
+                series.setdefault((r["contender"], r["backend"]), []).append(
+                    (r["batch"], r["samples_per_s"]))
+        for (contender, backend), pts in sorted(series.items(),
+                                                key=lambda kv: (kv[0][1], _ORDER.get(kv[0][0], 9))):
+            pts.sort()
+            xs, ys = zip(*pts, strict=True)
+            style = "--" if backend == "numpy" else "-"
+            ax.plot(xs, ys, style, marker=markers.get(contender, "."),
+                    label=f"{contender} ({'CPU' if backend == 'numpy' else 'GPU'})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("training samples / s")
+        ax.set_title(fam)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    title = "gpunn training throughput (float32, SGD)"
+    if isinstance(results, dict):
+        m = results.get("machine") or {}
+        cpu = (m.get("cpu") or {}).get("model")
+        gpu = (m.get("gpu") or {}).get("name")
+        title += f" — {cpu}" + (f" / {gpu}" if gpu else "")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path, tmp = _atomic_target(path)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
+#   scripts/gpu_check.sh OUTDIR
+# run from anywhere; works from the repository root with PYTHONPATH=. Writes into OUTDIR:
+#   nvidia-smi.txt, info.txt, tests-gpu.log, tests-all.log, benchmarks-smoke.log,
+#   bench-<gpu>-<date>.{json,png,log}, summary.txt
+# Each part is time-boxed so the whole script stays under 9 minutes. torch and mlxtend are
+# optional: their tests and peers are skipped with a reason where missing.
+set -u -o pipefail
+
+OUT="${1:?usage: scripts/gpu_check.sh OUTDIR}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+START=$(date +%s)
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# run NAME SECONDS LOGFILE CMD... : time-boxed, logged, status noted
+run() {
+    local name="$1" secs="$2" log="$3"; shift 3
+    echo "=== [$name] (limit ${secs}s, at $(elapsed)s): $*" | tee -a "$SUMMARY"
+    timeout --kill-after=10 "$secs" "$@" > "$log" 2>&1
+    local rc=$?
+    tail -n 25 "$log"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        note "--- [$name] TIMED OUT after ${secs}s (log: $log)"
+    else
+        note "--- [$name] exit status $rc (log: $log)"
+    fi
+    return 0
+}
+
+note "gpunn GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+
+if command -v nvidia-smi > /dev/null 2>&1; then
+    timeout 30 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+    cat "$OUT/nvidia-smi.txt"
+    GPU_NAME="$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
+else
+    note "nvidia-smi not found"
+    GPU_NAME=""
+fi
+[ -n "$GPU_NAME" ] || GPU_NAME="nogpu"
+SLUG="$(echo "$GPU_NAME" | tr '[:upper:]' '[:lower:]' | sed -E 's/nvidia//; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')"
+[ -n "$SLUG" ] || SLUG="gpu"
+STAMP="$(date -u +%Y%m%d-%H%M)"
+BASE="$OUT/bench-$SLUG-$STAMP"
+
+for mod in cupy torch mlxtend matplotlib pytest_benchmark hypothesis; do
+    if "$PY" -c "import $mod" > /dev/null 2>&1; then note "python module $mod: present"; \
+    else note "python module $mod: MISSING (its tests/peers are skipped)"; fi
+done
+
+# 1. machine information (also proves gpunn imports and sees the GPU)
+run info 60 "$OUT/info.txt" "$PY" -c \
+    'from gpunn.bench import machine_info, format_machine_info; print(format_machine_info(machine_info()))'
+
+# 2. GPU tests only, then the whole suite
+run tests-gpu 120 "$OUT/tests-gpu.log" "$PY" -m pytest -rs -m gpu tests -q -p no:cacheprovider
+run tests-all 150 "$OUT/tests-all.log" "$PY" -m pytest -rs tests -q -p no:cacheprovider
+
+# 3. the pytest-benchmark suite as a smoke test (GPU cases included)
+run benchmarks-smoke 60 "$OUT/benchmarks-smoke.log" "$PY" -m pytest -rs benchmarks \
+    --benchmark-disable -q -p no:cacheprovider
+
+# 4. the benchmark: numpy and cupy, JSON + PNG; quick sweep if little time is left
+LEFT=$(( 530 - $(elapsed) ))
+QUICK=""
+if [ "$LEFT" -lt 300 ]; then QUICK="--quick"; fi
+if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
+note "bench gets ${LEFT}s ${QUICK:-(full sweep)}"
+# gpunn.cli when it has the bench command, else the same code through python -m gpunn.bench;
+# cupy first, so that the GPU numbers exist even if the time budget cuts the CPU part short
+if "$PY" -m gpunn.cli bench --help > /dev/null 2>&1; then BENCH=(-m gpunn.cli bench); \
+else BENCH=(-m gpunn.bench); note "gpunn.cli bench unavailable; using python -m gpunn.bench"; fi
+run bench "$LEFT" "$BASE.log" "$PY" "${BENCH[@]}" --backends cupy,numpy $QUICK \
+    --time-budget $(( LEFT - 45 )) --json "$BASE.json" --plot "$BASE.png"
+if [ ! -s "$BASE.json" ]; then
+    note "no JSON from the full run; trying a quick GPU-only run"
+    LEFT2=$(( 535 - $(elapsed) ))
+    if [ "$LEFT2" -gt 30 ]; then
+        run bench-quick "$LEFT2" "$BASE-quick.log" "$PY" -m gpunn.bench --backends cupy \
+            --quick --json "$BASE.json" --plot "$BASE.png"
+    fi
+fi
+
+note "done in $(elapsed)s; results in $OUT"
+ls -l "$OUT"

@@ -1,0 +1,352 @@
+"""gpunn.bench: FLOP counts, timing statistics, the per-sample baseline, reports, run_bench."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from gpunn.bench import configs as cfgmod
+from gpunn.bench import persample, report, runner, sysinfo
+from gpunn.bench.configs import CONFIGS, BenchConfig, flops_per_sample, get_configs
+from gpunn.bench.timing import HostTimer, Measurement, measure, measure_interleaved
+
+
+# ------------------------------------------------------------------ configurations and FLOPs
+def test_flops_by_hand() -> None:
+    # seed 784-30-10: W = 23520 + 300; fwd 2W, dW 2W, dX only for the 300 of layer 2
+    assert flops_per_sample((784, 30, 10)) == 2 * 23820 + 2 * 23820 + 2 * 300 == 95880
+    # mlp 784-256-256-10: W = 200704 + 65536 + 2560 = 268800
+    assert flops_per_sample((784, 256, 256, 10)) == 4 * 268800 + 2 * (65536 + 2560) == 1211392
+    # wide 2048^3 x 3 + 20480
+    w = 3 * 2048 * 2048 + 2048 * 10
+    assert flops_per_sample((2048, 2048, 2048, 2048, 10)) == 4 * w + 2 * (w - 2048 * 2048)
+    assert flops_per_sample((2, 3)) == 4 * 6  # one layer: no input gradient at all
+
+
+def test_configs_match_design() -> None:
+    assert list(CONFIGS) == ["seed", "mlp-b32", "mlp-b128", "mlp-b1024", "wide-b1024",
+                             "mlp-b8192", "wide-b8192"]
+    seed = CONFIGS["seed"]
+    assert (seed.layers, seed.activation, seed.output, seed.loss, seed.lr, seed.batch) == (
+        (784, 30, 10), "sigmoid", "sigmoid", "mse", 3.0, 10)
+    for name in ("mlp-b32", "mlp-b128", "mlp-b1024", "mlp-b8192"):
+        c = CONFIGS[name]
+        assert c.layers == (784, 256, 256, 10) and c.loss == "cross_entropy"
+        assert (c.activation, c.output, c.lr) == ("relu", "softmax", 0.1)
+        assert c.batch == int(name.split("-b")[1])
+    assert CONFIGS["wide-b8192"].layers == (2048, 2048, 2048, 2048, 10)
+    assert {n for n, c in CONFIGS.items() if c.gpu_only} == {"mlp-b8192", "wide-b8192"}
+    assert CONFIGS["mlp-b32"].flops_per_sample == 1211392
+
+
+def test_get_configs_and_with_batch() -> None:
+    assert [c.name for c in get_configs("seed,wide")] == ["seed", "wide-b1024", "wide-b8192"]
+    with pytest.raises(ValueError, match="unknown benchmark configuration 'nope'"):
+        get_configs(["nope"])
+    assert CONFIGS["mlp-b32"].with_batch(128) is CONFIGS["mlp-b128"]
+    other = CONFIGS["mlp-b32"].with_batch(64)
+    assert other.name == "mlp-b64" and other.batch == 64 and not other.gpu_only
+
+
+def test_plan_cells() -> None:
+    cpu = runner.plan_cells(get_configs(), "numpy")
+    assert all(not c.gpu_only for c in cpu)
+    assert {c.batch for c in cpu if c.family == "seed"} == {10, 16, 64, 256, 1024}
+    assert {c.batch for c in cpu if c.family == "mlp"} == {16, 32, 64, 128, 256, 1024}
+    gpu = runner.plan_cells(get_configs("mlp"), "cupy")
+    assert [c.batch for c in gpu] == sorted({2**k for k in range(14)} | {32, 128, 1024, 8192})
+    assert runner.plan_cells(get_configs("mlp-b8192"), "numpy") == []
+    assert [c.batch for c in runner.plan_cells(get_configs("seed"), "numpy", [3])] == [3]
+    assert runner.parse_int_list("1-8, 3") == [1, 2, 3, 4, 8]
+
+
+# ------------------------------------------------------------------ timing
+class FakeClock:
+    """Each start/stop pair advances by the next duration; sync calls are counted."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.t = 0.0
+        self.durations = list(durations)
+        self.reads = 0
+        self.syncs = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads % 2 == 0:
+            self.t += self.durations.pop(0)
+        return self.t
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+def test_measure_median_and_spread_on_fake_clock() -> None:
+    clock = FakeClock([0.30, 0.10, 0.20, 0.50, 0.20])
+    calls = []
+    m = measure(lambda: calls.append(1), steps=10, batch=4,
+                timer=HostTimer(clock.sync, clock), warmup=2, repeats=5)
+    assert len(calls) == 7  # 2 warm-up calls are not timed
+    assert clock.syncs == 10  # synchronised before every clock read
+    assert m.times == pytest.approx([0.3, 0.1, 0.2, 0.5, 0.2])
+    assert m.median == pytest.approx(0.2)
+    assert (m.min, m.max) == pytest.approx((0.1, 0.5))
+    assert m.quartiles == pytest.approx((0.2, 0.3))
+    assert m.spread == pytest.approx((0.5 - 0.1) / 0.2)
+    assert m.samples_per_s == pytest.approx(40 / 0.2)
+    assert m.samples_per_s_range == pytest.approx((40 / 0.5, 40 / 0.1))
+    assert m.ms_per_step == pytest.approx(20.0)
+    d = m.as_dict()
+    assert d["samples_per_s"] == pytest.approx(200.0) and d["repeats"] == 5
+
+
+def test_measure_interleaved_round_robin() -> None:
+    order: list[str] = []
+    clock = FakeClock([1, 2, 3, 4])
+    timer = HostTimer(clock.sync, clock)
+    ms = measure_interleaved([lambda: order.append("a"), lambda: order.append("b")],
+                             [timer, timer], steps=1, batch=1, warmup=1, repeats=2)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert ms[0].times == [1, 3] and ms[1].times == [2, 4]
+    with pytest.raises(ValueError):
+        measure(lambda: None, steps=1, batch=1, repeats=0)
+
+
+def test_measurement_single_repeat() -> None:
+    m = Measurement([0.5], steps=2, batch=3)
+    assert m.quartiles == (0.5, 0.5) and m.spread == 0.0 and m.samples_per_s == 12.0
+
+
+# ------------------------------------------------------------------ per-sample baseline
+def _batched_gradient(params, X, Y, activation, output, loss):
+    """Reference: the batched backprop of DESIGN.md section 2, in float64 NumPy."""
+    acts = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "relu": lambda z: np.maximum(z, 0),
+            "tanh": np.tanh, "identity": lambda z: z}
+    prime = {"sigmoid": lambda z, a: a * (1 - a), "relu": lambda z, a: (z > 0) * 1.0,
+             "tanh": lambda z, a: 1 - a * a, "identity": lambda z, a: np.ones_like(z)}
+    A, As, Zs = X, [X], []
+    for i, (W, b) in enumerate(params):
+        Z = A @ W.T + b
+        last = i == len(params) - 1
+        if last and output == "softmax":
+            E = np.exp(Z - Z.max(axis=1, keepdims=True))
+            A = E / E.sum(axis=1, keepdims=True)
+        else:
+            A = acts[output if last else activation](Z)
+        Zs.append(Z)
+        As.append(A)
+    n = len(X)
+    if loss == "cross_entropy":
+        delta = (A - Y) / n
+    else:
+        delta = 2 * (A - Y) / n * prime[output](Zs[-1], A)
+    grads = [None] * len(params)
+    for layer in range(len(params) - 1, -1, -1):
+        grads[layer] = (delta.T @ As[layer], delta.sum(axis=0))
+        if layer:
+            delta = (delta @ params[layer][0]) * prime[activation](Zs[layer - 1], As[layer])
+    return grads
+
+
+@pytest.mark.parametrize(("activation", "output", "loss"), [
+    ("sigmoid", "sigmoid", "mse"), ("relu", "softmax", "cross_entropy"),
+    ("tanh", "identity", "mse")])
+def test_per_sample_gradient_equals_batched(activation, output, loss) -> None:
+    rng = np.random.default_rng(1)
+    sizes = [5, 4, 3, 3]
+    params = [(rng.normal(size=(o, i)), rng.normal(size=o))
+              for i, o in itertools.pairwise(sizes)]
+    X = rng.random((7, 5))
+    Y = persample.one_hot(rng.integers(0, 3, 7), 3, np.float64)
+    got = persample.minibatch_gradient(params, X, Y, activation, output, loss)
+    want = _batched_gradient(params, X, Y, activation, output, loss)
+    for (gw, gb), (ww, wb) in zip(got, want, strict=True):
+        np.testing.assert_allclose(gw, ww, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gb, wb, rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_matches_gpunn_gradients() -> None:
+    gpunn = pytest.importorskip("gpunn")
+    net = gpunn.Network([6, 5, 4], activation="sigmoid", output="sigmoid", loss="mse",
+                        backend="numpy", dtype="float64", seed=3)
+    rng = np.random.default_rng(0)
+    X, labels = rng.random((9, 6)), rng.integers(0, 4, 9)
+    params = persample.copy_params(net.get_params(), np.float64)
+    got = persample.minibatch_gradient(params, X, persample.one_hot(labels, 4, np.float64),
+                                       "sigmoid", "sigmoid", "mse")
+    for (gw, gb), (ww, wb) in zip(got, net.gradients(X, labels), strict=True):
+        np.testing.assert_allclose(gw, ww, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(gb, wb, rtol=1e-8, atol=1e-12)
+
+
+def test_per_sample_sgd_steps_update() -> None:
+    rng = np.random.default_rng(2)
+    params = [(rng.normal(size=(3, 4)), np.zeros(3))]
+    X = rng.random((4, 4))
+    Y = persample.one_hot(np.array([0, 1, 2, 0]), 3, np.float64)
+    before = persample.copy_params(params, np.float64)
+    g = persample.minibatch_gradient(before, X, Y, "sigmoid", "sigmoid", "mse")
+    persample.sgd_steps(params, X, Y, 4, 0.5, "sigmoid", "sigmoid", "mse")
+    np.testing.assert_allclose(params[0][0], before[0][0] - 0.5 * g[0][0])
+
+
+# ------------------------------------------------------------------ machine info and reports
+def test_machine_info_never_raises_and_formats() -> None:
+    info = sysinfo.machine_info()
+    for key in ("cpu", "python", "versions", "blas", "gpu"):
+        assert key in info
+    assert info["versions"]["numpy"] == np.__version__
+    assert "available" in info["gpu"]
+    if not info["gpu"]["available"]:
+        assert info["gpu"]["reason"]
+    text = sysinfo.format_machine_info(info)
+    assert "cpu" in text and "numpy" in text and "gpu" in text
+    assert sysinfo.format_machine_info({})  # missing everything: still formats
+
+
+def _fake_results() -> dict:
+    def row(contender, batch, sps, family="mlp"):
+        return {"backend": "numpy", "device": "cpu", "contender": contender,
+                "config": f"{family}-b{batch}", "family": family, "batch": batch,
+                "status": "ok", "steps": 10, "repeats": 3, "samples_per_s": sps,
+                "samples_per_s_min": sps * 0.9, "samples_per_s_max": sps * 1.1,
+                "ms_per_step": 1e3 * batch / sps, "ms_per_step_min": 1.0,
+                "ms_per_step_max": 2.0, "spread": 0.2, "timer": "host", "times_s": [1.0],
+                "gflops": sps * 1.2e-3}
+    rows = [row("gpunn", 32, 50_000.0), row("torch-eager", 32, 40_000.0),
+            row("gpunn", 128, 100_000.0), row("torch-eager", 128, 110_000.0),
+            row("per-sample", 32, 3_000.0),
+            {"backend": "numpy", "device": "cpu", "contender": "torch-eager",
+             "config": "seed", "family": "seed", "batch": 10, "status": "error",
+             "reason": "boom"}]
+    results = {"machine": {"cpu": {"model": "test cpu"}}, "rows": rows,
+               "gemm": {"numpy": {"n": 64, "gflops": 300.0, "gflops_min": 290.0,
+                                  "gflops_max": 310.0}},
+               "skipped": [{"contender": "gpunn", "backend": "cupy", "reason": "no GPU"}]}
+    runner._finish_rows(rows, results["gemm"])
+    return results
+
+
+def test_finish_rows_ratios() -> None:
+    rows = _fake_results()["rows"]
+    assert rows[0]["ratio_to_torch"] == pytest.approx(1.25)
+    assert rows[3]["ratio_to_torch"] == pytest.approx(1.0)
+    assert rows[0]["pct_gemm"] == pytest.approx(100 * 60.0 / 300.0)
+    assert rows[4]["ratio_to_torch"] == pytest.approx(3_000 / 40_000)  # per-sample vs torch
+    assert "ratio_to_torch" not in rows[5]  # failed rows carry no numbers
+
+
+def test_table_json_plot(tmp_path) -> None:
+    results = _fake_results()
+    table = report.format_table(results)
+    assert "gpunn" in table and "50k" in table and "1.25" in table
+    assert "error: boom" in table and "skipped gpunn on cupy: no GPU" in table
+    assert "float32 GEMM ceiling numpy" in table
+    results["np_value"] = np.float32(1.5)
+    path = report.write_json(results, tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text())["np_value"] == 1.5
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+    pytest.importorskip("matplotlib")
+    png = report.plot(results, tmp_path / "r.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no successful"):
+        report.plot({"rows": []}, tmp_path / "empty.png")
+
+
+def test_write_json_is_atomic_on_failure(tmp_path) -> None:
+    target = tmp_path / "r.json"
+    target.write_text('{"old": true}')
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match=r"[Cc]ircular"):
+        report.write_json(circular, target)
+    assert json.loads(target.read_text()) == {"old": True}  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # temp file removed
+    report.write_json({"ok": 1}, target)
+    assert json.loads(target.read_text()) == {"ok": 1}
+
+
+def test_cli_hook_arguments() -> None:
+    from gpunn import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--configs", "seed", "--backends", "numpy", "--batch-sizes",
+                              "4,8", "--quick", "--json", "x.json", "--plot", "x.png",
+                              "--no-peers", "--repeats", "2"])
+    assert (args.configs, args.backends, args.batch_sizes) == ("seed", "numpy", "4,8")
+    assert args.quick and not args.peers and args.repeats == 2
+    assert (args.json_path, args.plot_path) == ("x.json", "x.png")
+    bad = parser.parse_args(["--configs", "nope"])
+    assert bench.main(bad) == 2
+
+
+# ------------------------------------------------------------------ run_bench end to end
+TINY = BenchConfig("tiny", (16, 8, 4), "relu", "softmax", "cross_entropy", 0.1, 8,
+                   init="he", family="tiny")
+TINY_SEED = BenchConfig("tinyseed", (16, 6, 3), "sigmoid", "sigmoid", "mse", 3.0, 4,
+                        family="tinyseed")
+
+
+def test_run_bench_tiny(tmp_path, monkeypatch) -> None:
+    gpunn = pytest.importorskip("gpunn")
+    if not hasattr(gpunn, "Network"):
+        pytest.skip("gpunn.Network is not available yet")
+    monkeypatch.setitem(runner.DATA_BYTES, "cpu", 64 * 1024)
+    saved = []
+    res = runner.run_bench(configs=[TINY, TINY_SEED], backends="numpy", batch_sizes=[4, 8],
+                           quick=True, repeats=2, log=None, target_s=0.005, gemm_n=128,
+                           checkpoint=lambda r: saved.append(len(r["rows"])))
+    assert res["schema"] == runner.SCHEMA and "cpu" in res["machine"]
+    assert res["gemm"]["numpy"]["gflops"] > 0
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert saved and not [r for r in res["rows"] if r["status"] == "error"]
+    gp = [r for r in ok if r["contender"] == "gpunn"]
+    assert sorted((r["config"], r["batch"]) for r in gp) == sorted([
+        ("tiny-b4", 4), ("tiny", 8), ("tinyseed", 4), ("tinyseed-b8", 8)])
+    for r in ok:
+        assert r["samples_per_s"] > 0 and r["ms_per_step"] > 0 and r["repeats"] == 2
+        assert r["samples_per_s_min"] <= r["samples_per_s"] <= r["samples_per_s_max"]
+        cfg = TINY if r["family"] == "tiny" else TINY_SEED
+        assert r["gflops"] == pytest.approx(r["samples_per_s"] * cfg.flops_per_sample / 1e9)
+        assert r["pct_gemm"] is not None
+    torch_rows = [r for r in ok if r["contender"] == "torch-eager"]
+    if torch_rows:
+        same = {(r["config"], r["batch"]): r for r in torch_rows}
+        for r in gp:
+            assert r["ratio_to_torch"] == pytest.approx(
+                r["samples_per_s"] / same[(r["config"], r["batch"])]["samples_per_s"])
+            assert r["steps"] == same[(r["config"], r["batch"])]["steps"]  # same work
+    assert {r["config"] for r in ok if r["contender"] == "per-sample"} == {"tiny", "tinyseed"}
+    assert "tiny-b4" in report.format_table(res)
+    json.loads(report.write_json(res, tmp_path / "r.json").read_text())
+
+
+def test_run_bench_rejects_bad_backend() -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        runner.run_bench(configs=[TINY], backends="tpu", log=None, peers=False)
+
+
+def test_module_constants_consistent() -> None:
+    assert cfgmod.CONFIGS["wide-b1024"].weights == 3 * 2048 * 2048 + 20480
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_SEED], ids=["softmax-ce", "sigmoid-mse"])
+def test_torch_peer_does_the_same_math(cfg) -> None:
+    torch = pytest.importorskip("torch")
+    from gpunn.bench import contenders as C
+
+    data = C.SyntheticData(cfg.layers[0], cfg.layers[-1], 64, seed=0)
+    net = C.make_network(cfg, "numpy")
+    start = net.get_params()
+    C.make_gpunn(cfg, "numpy", 8, data, net=net).run(3)
+    peer = C.make_torch_eager(cfg, "numpy", 8, data, start)
+    peer.run(3)
+    lins = [m for m in peer.model if isinstance(m, torch.nn.Linear)]
+    for (W, b), lin in zip(net.get_params(), lins, strict=True):
+        np.testing.assert_allclose(lin.weight.detach().numpy(), W, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(lin.bias.detach().numpy(), b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(start[0][0], net.get_params()[0][0])  # it did train
