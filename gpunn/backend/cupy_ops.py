@@ -1,0 +1,529 @@
+"""CuPy (NVIDIA GPU) kernels: the reference kernels with the GPU's hot paths fused.
+
+:class:`CupyOps` overrides only what a training step spends its launches on, with the fused
+kernels of :mod:`gpunn.backend.kernels` (each has a NumPy reference):
+
+* forward: GEMM into the layer's buffer, then ONE kernel for bias + activation
+  (:meth:`CupyOps.layer_forward`; softmax is one row kernel that also adds the bias);
+* backward: δ ⊙ σ'(z) in one kernel; the output delta (MSE or cross-entropy) in one kernel;
+* cost: one reduction that adds into a device accumulator (no host synchronisation);
+* optimizer: ONE kernel over the flat parameter buffer (SGD, momentum, Nesterov, Adam), with
+  scalars passed as typed values (NumPy scalars of the parameter dtype, or 0-d device arrays
+  for values a recorded step must read at replay time);
+* :meth:`CupyOps.run_step`: after ``warmup`` eager calls, a step is captured once as a CUDA
+  graph on the backend's non-blocking stream and replayed with ``graph.launch(stream)``.
+  Memory that the step allocates while it is captured is kept alive with the graph, so a
+  replay never writes into memory that someone else has since been given. A step that cannot
+  be captured (it synchronises, say) falls back to eager calls, with one warning.
+
+Options: ``CupyOps(graphs=..., tf32=..., warmup=...)``; environment ``GPUNN_CUDA_GRAPHS=0``
+turns graphs off, ``GPUNN_TF32=1`` turns TensorFloat-32 matrix products on (float32 GEMMs on
+tensor cores, ~10-bit mantissa products; through CuPy's ``set_compute_type``, the run-time
+equivalent of ``CUPY_TF32=1``).
+
+Still to be checked on a GPU (this module was written and tested on a machine without one;
+``tests/test_gpu.py`` holds the checks, marked ``gpu``):
+
+1. every fused kernel equals its NumPy reference (float32, float64), including the two row
+   kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+;
+2. ``Network(..., backend="cupy")`` gives NumPy's loss, gradients and trained weights, for
+   every optimizer, shuffle on and off, with and without CUDA graphs;
+3. capture works for a whole step: cuBLAS GEMMs with ``out=`` on transposed views, CuPy's
+   ``sum(axis=0, out=)`` and ``take`` do not synchronise or fail under stream capture; the
+   allocator hook keeps capture-time temporaries alive; the fallback path warns once;
+4. no host transfer or synchronisation inside the step loop (``host_transfers`` per epoch,
+   ``cupyx.allow_synchronize(False)``);
+5. ``memory_guard`` turns a real ``OutOfMemoryError`` into ``DeviceMemoryError``;
+6. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
+7. speed: the issue-6 targets against PyTorch eager with ``gpunn bench`` (not tested here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy
+
+from ..errors import DeviceMemoryError
+from . import kernels as K
+from .cuda import cupy
+from .ops import Array, Ops
+
+GRAPHS_ENV = "GPUNN_CUDA_GRAPHS"
+TF32_ENV = "GPUNN_TF32"
+MAX_GRAPHS = 64  # recorded steps kept (least recently used dropped first)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
+def workspace_bytes(sizes: Sequence[int], rows: int, dtype: Any) -> int:
+    """Bytes that :class:`gpunn.network.Workspace` allocates for a batch of ``rows``.
+
+    Per hidden and output layer of width n: A, δ and scratch, rows × n each; plus z^(L), the
+    batch X and Y, and the int64 index of a shuffled batch.
+    """
+    itemsize = numpy.dtype(dtype).itemsize
+    widths = list(sizes[1:])
+    elements = rows * (3 * sum(widths) + 2 * widths[-1] + sizes[0])
+    return elements * itemsize + rows * 8
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+class _CaptureAllocator:
+    """Allocator hook for a capture: serves from the pool and keeps every block alive.
+
+    A captured graph holds raw pointers. A temporary that the step frees while it is being
+    captured would go back to CuPy's pool and could be handed out again, while each replay of
+    the graph still writes into it. Keeping the blocks here (with the graph) prevents that.
+    """
+
+    def __init__(self, malloc: Callable[[int], Any]) -> None:
+        self.malloc = malloc
+        self.blocks: list[Any] = []
+
+    def __call__(self, size: int) -> Any:
+        block = self.malloc(size)
+        self.blocks.append(block)
+        return block
+
+
+class _Recorded:
+    """One recorded step: the graph, the memory it uses, and its eager-call count."""
+
+    __slots__ = ("blocks", "calls", "graph")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.graph: Any = None
+        self.blocks: list[Any] = []
+
+
+class CupyOps(Ops):
+    """Kernels for CuPy on one NVIDIA GPU (the current device when constructed)."""
+
+    name = "cupy"
+    xp = cupy
+    replays_steps = True
+
+    def __init__(
+        self, graphs: bool | None = None, tf32: bool | None = None, warmup: int = 2
+    ) -> None:
+        super().__init__()
+        self.graphs = _env_flag(GRAPHS_ENV, True) if graphs is None else bool(graphs)
+        self.tf32 = _env_flag(TF32_ENV, False) if tf32 is None else bool(tf32)
+        self.warmup = max(int(warmup), 1)
+        self._stream: Any = None
+        self._steps: OrderedDict[Any, _Recorded] = OrderedDict()
+        self._eager_only: set[Any] = set()
+        self._warned_capture = False
+        self._zero_cache: dict[Any, Any] = {}
+        if self.tf32 and cupy is not None:  # pragma: no cover - needs a GPU
+            self.set_tf32(True)
+
+    # ------------------------------------------------------------------ device and stream
+    @property
+    def stream(self) -> Any:
+        """The backend's non-blocking stream: every step runs (and is recorded) on it."""
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        return self._stream
+
+    @contextlib.contextmanager
+    def stream_scope(self) -> Iterator[None]:
+        """Make the backend's stream current, e.g. for a whole ``fit``: then the gathers, the
+        steps and the updates queue on one stream and need no cross-stream ordering."""
+        with self.stream:
+            yield
+
+    def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
+        """What ``fit`` enters around its epochs: the backend's stream made current."""
+        return self.stream_scope()
+
+    def set_tf32(self, enabled: bool) -> None:
+        """TensorFloat-32 float32 matrix products on (True) or off (False), process-wide."""
+        from cupy._core import _routines_linalg as linalg
+
+        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+        cupy._core.set_compute_type(numpy.float32, mode)
+        self.tf32 = bool(enabled)
+
+    def synchronize(self) -> None:
+        """Wait for all queued work on this device (every stream)."""
+        cupy.cuda.Device().synchronize()
+
+    def device_name(self) -> str:
+        device = cupy.cuda.Device()
+        name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    # ------------------------------------------------------------------ memory and transfers
+    def asarray(self, array: Any, dtype: Any = None) -> Array:
+        return cupy.asarray(array, dtype=dtype)
+
+    def to_host(self, array: Array) -> numpy.ndarray:
+        """A NumPy copy (``.get()``): the one place gpunn moves data to the host; counted."""
+        self.host_transfers += 1
+        if isinstance(array, numpy.ndarray):
+            return array.copy()
+        return array.get()
+
+    def copy_into(self, out: Array, source: Array) -> Array:
+        """out[...] = source: an asynchronous device-to-device copy where both are contiguous."""
+        if (
+            out.shape == source.shape
+            and out.dtype == source.dtype
+            and out.flags.c_contiguous
+            and source.flags.c_contiguous
+        ):
+            if out.nbytes:
+                stream = cupy.cuda.get_current_stream()
+                out.data.copy_from_device_async(source.data, out.nbytes, stream)
+            return out
+        out[...] = source
+        return out
+
+    def gather_rows(self, source: Array, index: Array, out: Array) -> Array:
+        """out[i] = source[index[i]]: one kernel, reading whole rows (coalesced)."""
+        if not source.flags.c_contiguous or source.dtype != out.dtype:
+            return super().gather_rows(source, index, out)
+        cols = math.prod(source.shape[1:])
+        K.GATHER_ROWS.build()(source, index.reshape(-1, *([1] * (out.ndim - 1))), cols, out)
+        return out
+
+    @contextlib.contextmanager
+    def memory_guard(self, what: str, rows: int, nbytes: int) -> Iterator[None]:
+        """Turn CuPy's out-of-memory error into :class:`~gpunn.errors.DeviceMemoryError`
+        that names the batch size and the memory needed."""
+        try:
+            yield
+        except cupy.cuda.memory.OutOfMemoryError as exc:
+            free = self._free_bytes()
+            where = f" ({_mib(free)} free)" if free is not None else ""
+            raise DeviceMemoryError(
+                f"the GPU ran out of memory while {what} for a batch of {rows} rows: that needs "
+                f"about {_mib(nbytes)} on the device{where}. Use a smaller batch_size, a "
+                f"smaller network or float32 ({exc})"
+            ) from exc
+
+    def _free_bytes(self) -> int | None:
+        try:  # pragma: no cover - needs a GPU
+            free, _total = cupy.cuda.runtime.memGetInfo()
+            return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ recorded steps
+    def run_step(self, key: Any, step: Callable[[], None]) -> None:
+        """Run ``step()``; after ``warmup`` eager calls for ``key``, record it once as a CUDA
+        graph on :attr:`stream` and replay the graph for every later call with that key.
+
+        ``step`` must read and write only buffers that stay fixed for ``key`` (the caller's
+        contract), and must not synchronise with the host.
+        """
+        if not self.graphs or key in self._eager_only:
+            self._on_stream(step)
+            return
+        record = self._steps.get(key)
+        if record is None:
+            record = self._steps[key] = _Recorded()
+            while len(self._steps) > MAX_GRAPHS:
+                self._steps.popitem(last=False)
+        else:
+            self._steps.move_to_end(key)
+        if record.graph is not None:
+            self._on_stream(lambda: record.graph.launch(self.stream))
+            return
+        if record.calls < self.warmup:
+            record.calls += 1
+            self._on_stream(step)
+            return
+        self._on_stream(lambda: self._capture(key, record, step))
+
+    def _capture(self, key: Any, record: _Recorded, step: Callable[[], None]) -> None:
+        stream = self.stream
+        allocator = _CaptureAllocator(cupy.get_default_memory_pool().malloc)
+        try:
+            with cupy.cuda.using_allocator(allocator):
+                stream.begin_capture()
+                try:
+                    step()
+                finally:
+                    graph = stream.end_capture()
+        except Exception as exc:  # a step that cannot be recorded runs eagerly from now on
+            self._eager_only.add(key)
+            self._steps.pop(key, None)
+            if not self._warned_capture:
+                self._warned_capture = True
+                warnings.warn(
+                    f"gpunn: a training step could not be recorded as a CUDA graph "
+                    f"({type(exc).__name__}: {exc}); it runs eagerly (set {GRAPHS_ENV}=0 to "
+                    "skip recording)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            step()  # the capture ran nothing: do this step's work now
+            return
+        record.graph = graph
+        record.blocks = allocator.blocks
+        graph.launch(stream)  # capture only recorded the step: run it
+
+    def _on_stream(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on :attr:`stream`, ordered after what the caller's stream queued before
+        and before what it queues after (nothing to do inside :meth:`stream_scope`)."""
+        stream = self.stream
+        current = cupy.cuda.get_current_stream()
+        if current == stream:
+            work()
+            return
+        stream.wait_event(current.record())
+        with stream:
+            work()
+        current.wait_event(stream.record())
+
+    def forget_steps(self) -> None:
+        """Drop every recorded step (after the buffers they use have been replaced)."""
+        self._steps.clear()
+        self._eager_only.clear()
+
+    @property
+    def recorded_steps(self) -> int:
+        """How many steps are held as CUDA graphs (for tests and diagnostics)."""
+        return sum(1 for r in self._steps.values() if r.graph is not None)
+
+    # ------------------------------------------------------------------ scalars
+    @staticmethod
+    def scalar(value: Any, dtype: Any) -> Any:
+        """A kernel scalar of ``dtype``: a 0-d device array passes through, a number becomes a
+        NumPy scalar of that dtype (so float32 stays float32)."""
+        if cupy is not None and isinstance(value, cupy.ndarray):
+            if value.dtype != numpy.dtype(dtype) or value.ndim != 0:
+                raise ValueError(f"a device scalar must be 0-d {numpy.dtype(dtype)}, got {value!r}")
+            return value
+        return numpy.dtype(dtype).type(value)
+
+    # ------------------------------------------------------------------ forward
+    def affine_forward(self, A_prev: Array, W: Array, b: Array, out: Array) -> Array:
+        """Z = A_prev Wᵀ + b: a GEMM into ``out``, then the bias (one elementwise kernel)."""
+        cupy.matmul(A_prev, W.T, out=out)
+        K.BIAS_ACT["identity"].build()(out, b, out)
+        return out
+
+    def layer_forward(
+        self, A_prev: Array, W: Array, b: Array, activation: str, out: Array, Z: Array = None
+    ) -> Array:
+        """a = σ(A_prev Wᵀ + b): a GEMM and ONE fused bias + σ kernel.
+
+        Hidden layers (``Z`` None) compute in place in ``out``; the output layer keeps
+        z = A_prev Wᵀ + b in ``Z`` for the cost and writes a into ``out``.
+        """
+        if Z is None:
+            cupy.matmul(A_prev, W.T, out=out)
+            if activation == "softmax":
+                self._bias_softmax(out, b, out)
+            else:
+                K.BIAS_ACT[activation].build()(out, b, out)
+            return out
+        cupy.matmul(A_prev, W.T, out=Z)
+        if activation == "softmax":
+            self._bias_softmax(Z, b, out)
+        else:
+            K.BIAS_ACT_KEEP[activation].build()(b, Z, out)
+        return out
+
+    def activation_forward(self, name: str, Z: Array, out: Array) -> Array:
+        if name == "softmax":
+            return self.softmax(Z, out)
+        K.ACT[name].build()(Z, out)
+        return out
+
+    def sigmoid(self, Z: Array, out: Array) -> Array:
+        K.ACT["sigmoid"].build()(Z, out)
+        return out
+
+    def softmax(self, Z: Array, out: Array) -> Array:
+        """Row-wise softmax in one kernel (with a zero bias; Z is left unchanged)."""
+        zero = self._zeros(Z.shape[1], Z.dtype)
+        if out is Z:
+            self._bias_softmax(Z, zero, out)
+            return out
+        # the row kernel writes z + b back into its first argument: give it a copy
+        work = out
+        self.copy_into(work, Z)
+        self._bias_softmax(work, zero, out)
+        return out
+
+    def _bias_softmax(self, Z: Array, b: Array, out: Array) -> None:
+        rows, cols = Z.shape
+        if rows == 0:
+            return
+        dtype = Z.dtype
+        kernel = K.row_module().get_function(K.row_kernel_expression("gpunn_bias_softmax", dtype))
+        threads = K.row_threads(cols)
+        grid = min(rows, 65535)
+        lowest = dtype.type(-numpy.inf)
+        kernel(
+            (grid,),
+            (threads,),
+            (Z, b, out, numpy.int64(rows), numpy.int64(cols), lowest),
+            shared_mem=threads * dtype.itemsize,
+        )
+
+    def _zeros(self, n: int, dtype: Any) -> Array:
+        key = (n, numpy.dtype(dtype).str)
+        zero = self._zero_cache.get(key)
+        if zero is None:
+            zero = self._zero_cache[key] = cupy.zeros(n, dtype=dtype)
+        return zero
+
+    # ------------------------------------------------------------------ backward
+    def activation_backward(self, name: str, A: Array, delta: Array, scratch: Array) -> Array:
+        """δ ⊙= σ'(z) in one kernel (``scratch`` is not needed)."""
+        if name != "identity":
+            K.ACT_BACKWARD[name].build()(A, delta)
+        return delta
+
+    def output_delta(
+        self, output: str, loss: str, Z: Array, A: Array, Y: Array, scale: float, out: Array
+    ) -> Array:
+        """δ^(L) in one kernel: (a − y)/n for cross-entropy, (2/n)(a − y) ⊙ σ' for MSE."""
+        dtype = out.dtype
+        if loss == "cross_entropy":
+            K.XENT_DELTA.build()(A, Y, self.scalar(scale, dtype), out)
+            return out
+        if output in K.MSE_DELTA:
+            K.MSE_DELTA[output].build()(A, Y, self.scalar(2 * scale, dtype), out)
+            return out
+        return super().output_delta(output, loss, Z, A, Y, scale, out)  # MSE on softmax
+
+    # ------------------------------------------------------------------ cost
+    def cost_accumulate(
+        self, output: str, loss: str, Z: Array, A: Array, Y: Array, acc: Array
+    ) -> Array:
+        """acc += Σ over the batch of each sample's cost: one kernel, no host sync."""
+        if loss == "mse":
+            K.MSE_COST.build()(A, Y, acc, acc)
+        elif output == "softmax":
+            rows, cols = Z.shape
+            if rows:
+                dtype = Z.dtype
+                expression = K.row_kernel_expression("gpunn_softmax_xent_cost", dtype)
+                kernel = K.row_module().get_function(expression)
+                threads = K.row_threads(rows, limit=512)
+                kernel(
+                    (1,),
+                    (threads,),
+                    (Z, Y, acc, numpy.int64(rows), numpy.int64(cols), dtype.type(-numpy.inf)),
+                    shared_mem=threads * dtype.itemsize,
+                )
+        else:
+            K.BCE_COST.build()(Z, Y, acc, acc)
+        return acc
+
+    def cost_sum(self, output: str, loss: str, Z: Array, A: Array, Y: Array) -> Array:
+        acc = cupy.zeros((), dtype=A.dtype)
+        return self.cost_accumulate(output, loss, Z, A, Y, acc)
+
+    # ------------------------------------------------------------------ optimizer updates
+    def sgd_update(self, params: Array, grads: Array, lr: Any, weight_decay: Any = 0.0) -> None:
+        """θ ← θ − η (∇C + λθ): one kernel over the flat buffer."""
+        dtype = params.dtype
+        lr, weight_decay = self.scalar(lr, dtype), self.scalar(weight_decay, dtype)
+        K.SGD_UPDATE.build()(grads, lr, weight_decay, params)
+
+    def momentum_update(
+        self,
+        params: Array,
+        grads: Array,
+        velocity: Array,
+        lr: Any,
+        momentum: Any,
+        nesterov: bool = False,
+        weight_decay: Any = 0.0,
+    ) -> None:
+        """v ← μv + g;  θ ← θ − ηv (Nesterov: θ ← θ − η(g + μv)), g = ∇C + λθ: one kernel."""
+        dtype = params.dtype
+        spec = K.NESTEROV_UPDATE if nesterov else K.MOMENTUM_UPDATE
+        spec.build()(
+            grads,
+            self.scalar(lr, dtype),
+            self.scalar(momentum, dtype),
+            self.scalar(weight_decay, dtype),
+            params,
+            velocity,
+        )
+
+    def adam_update(
+        self,
+        params: Array,
+        grads: Array,
+        m: Array,
+        v: Array,
+        lr: Any,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        step: Any,
+        weight_decay: Any = 0.0,
+    ) -> None:
+        """Adam with bias correction (AdamW decay) in one kernel over the flat buffer.
+
+        ``step`` is the host step count t (then c₁ = η/(1 − β₁ᵗ) and c₂ = 1/(1 − β₂ᵗ) are
+        computed here, in float64) or a 0-d int64 device counter holding t − 1: then a
+        one-thread kernel increments it and computes c₁, c₂ on the device first, which is
+        what a recorded (replayed) update needs; ``lr`` should then be a 0-d device array too.
+        """
+        dtype = params.dtype
+        if cupy is not None and isinstance(step, cupy.ndarray):
+            c1, c2 = self._adam_corrections(dtype)
+            self.adam_prepare(lr, beta1, beta2, step, c1, c2)
+        else:
+            t = int(step)
+            c1 = dtype.type(float(lr) / (1.0 - beta1**t))
+            c2 = dtype.type(1.0 / (1.0 - beta2**t))
+        K.ADAM_UPDATE.build()(
+            grads,
+            self.scalar(lr, dtype),
+            self.scalar(weight_decay, dtype),
+            dtype.type(beta1),
+            dtype.type(1.0 - beta1),
+            dtype.type(beta2),
+            dtype.type(1.0 - beta2),
+            dtype.type(eps),
+            c1,
+            c2,
+            params,
+            m,
+            v,
+        )
+
+    def _adam_corrections(self, dtype: Any) -> tuple[Array, Array]:
+        """Two 0-d device arrays for c₁ and c₂, allocated once per dtype (fixed addresses, so
+        that a recorded update reads the values its own prepare kernel wrote)."""
+        key = ("adam", numpy.dtype(dtype).str)
+        pair = self._zero_cache.get(key)
+        if pair is None:
+            pair = self._zero_cache[key] = (cupy.zeros((), dtype), cupy.zeros((), dtype))
+        return pair
+
+    def adam_prepare(
+        self, lr: Any, beta1: float, beta2: float, step: Array, c1: Array, c2: Array
+    ) -> None:
+        """t ← t + 1 on the device, and c₁ = η/(1 − β₁ᵗ), c₂ = 1/(1 − β₂ᵗ) into 0-d arrays."""
+        dtype = c1.dtype
+        K.ADAM_PREPARE.build()(
+            self.scalar(lr, dtype), numpy.float64(beta1), numpy.float64(beta2), step, c1, c2
+        )
