@@ -26,7 +26,10 @@ class BackendUnavailableError(GpunnError, RuntimeError):
 
 
 class DivergenceError(GpunnError, FloatingPointError):
-    """Training produced a NaN or infinite loss or weight; the network keeps its last finite weights."""
+    """Training produced a NaN or infinite loss or weight.
+
+    The network keeps its last finite weights (those at the start of the diverging epoch).
+    """
 
 
 class DeviceMemoryError(GpunnError, MemoryError):

@@ -1,5 +1,15 @@
 """Checks at the public boundary: bad input is refused here, with a message that names the
-argument, says what is wrong and what to do, before any work is done."""
+argument, says what is wrong and what to do, before any work is done.
+
+Every check runs once per public call (never inside the training step loop) and costs at most
+one pass over the data: the values of a float array are screened with a single dot product
+(x·x is finite, and small enough for the network's dtype, exactly when every value is), and
+only when that screen fails does a second, exact pass find the offending rows for the message.
+
+Dtypes: features X, float targets and weights may be floats or integers (cast exactly enough to
+the network's dtype); booleans, complex numbers, strings and objects are refused. Integer class
+labels may be bool, int or float holding whole numbers.
+"""
 
 from __future__ import annotations
 
@@ -15,36 +25,45 @@ from .errors import InputError, InputTypeError
 FLOAT_DTYPES = ("float32", "float64")
 
 
+# ---------------------------------------------------------------------------- scalars and names
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices`` (case-insensitive), else an error listing them."""
-    if isinstance(value, str) and value.lower() in choices:
-        return value.lower()
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
     valid = ", ".join(repr(c) for c in choices)
     raise InputError(f"{name} is {value!r}; choose one of {valid}")
 
 
 def check_dtype(dtype: Any) -> numpy.dtype:
     """float32 or float64: the dtypes the kernels are written for."""
-    try:
-        resolved = numpy.dtype(dtype)
-    except TypeError:
-        resolved = None
+    resolved = None
+    if dtype is not None:  # numpy.dtype(None) would silently mean float64
+        try:
+            resolved = numpy.dtype(dtype)
+        except (TypeError, ValueError):
+            resolved = None
     if resolved is None or resolved.name not in FLOAT_DTYPES:
-        raise InputTypeError(f"dtype is {dtype!r}; choose 'float32' or 'float64'")
+        shown = dtype if resolved is None else resolved.name
+        raise InputTypeError(
+            f"dtype is {shown!r}; choose 'float32' or 'float64' (the network computes in floats)"
+        )
     return resolved
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer ≥ ``minimum`` (bool refused; NumPy integers accepted)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputTypeError(f"{name} must be an integer, got {value!r}")
+        kind = type(value).__name__
+        raise InputTypeError(f"{name} must be an integer ≥ {minimum}, got {value!r} ({kind})")
     if value < minimum:
         raise InputError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
 
 
 def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    """A finite number > 0 (≥ 0 with ``allow_zero``); bool refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputTypeError(f"{name} must be a number, got {value!r}")
+        raise InputTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
@@ -52,63 +71,76 @@ def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> flo
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """True or False (NumPy booleans accepted): never a string such as ``"no"``."""
+    if isinstance(value, (bool, numpy.bool_)):
+        return bool(value)
+    raise InputTypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_sizes(sizes: Any) -> tuple[int, ...]:
     """Layer sizes, input first: at least an input and an output layer, each ≥ 1."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
-        raise InputTypeError(f"sizes must be a list of layer sizes such as [784, 30, 10], got {sizes!r}")
+        raise InputTypeError(
+            f"sizes must be a list of layer sizes such as [784, 30, 10], got {sizes!r}"
+        )
     sizes = list(sizes)
     if len(sizes) < 2:
         raise InputError(
-            f"sizes must name at least an input and an output layer, e.g. [784, 30, 10]; got {sizes}"
+            "sizes must name at least an input and an output layer, e.g. [784, 30, 10]; "
+            f"got {sizes}"
         )
     for i, n in enumerate(sizes):
         check_positive_int(f"sizes[{i}]", n)
     return tuple(int(n) for n in sizes)
 
 
-def _host_view(array: Any) -> Any:
-    """The array itself if it is an array of some backend, else ``numpy.asarray`` of it."""
-    return array if hasattr(array, "__array_namespace__") else numpy.asarray(array)
-
-
-def check_features(X: Any, n_features: int, name: str = "X") -> Any:
-    """A 2-D array of finite real numbers with ``n_features`` columns and at least one row."""
-    if X is None:
-        raise InputTypeError(f"{name} is None; pass an array of shape (n_samples, {n_features})")
-    X = _host_view(X)
-    if X.dtype.kind not in "biuf":
+def check_validation_data(value: Any) -> tuple[Any, Any]:
+    """``validation_data`` as the pair (X_val, Y_val)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        what = (
+            f"a {type(value).__name__} of length {len(value)}"
+            if isinstance(value, (tuple, list))
+            else f"a {type(value).__name__}"
+        )
         raise InputTypeError(
-            f"{name} has dtype {X.dtype}; it must hold numbers (convert strings or objects first)"
+            f"validation_data must be a pair (X_val, Y_val), got {what}"
         )
-    if X.ndim == 1 and n_features == 1:
-        X = X.reshape(-1, 1)
-    if X.ndim != 2:
-        raise InputError(
-            f"{name} has shape {tuple(X.shape)}; it must be 2-D (n_samples, {n_features}), "
-            "one sample per row"
-        )
-    if X.shape[0] == 0:
-        raise InputError(f"{name} is empty: it has no samples")
-    if X.shape[1] != n_features:
-        raise InputError(
-            f"{name} has {X.shape[1]} features per sample but the network's input layer has "
-            f"{n_features}"
-        )
-    _check_finite(name, X)
-    return X
+    return value[0], value[1]
 
 
-def _check_finite(name: str, X: Any) -> None:
-    if X.dtype.kind != "f":
+# ---------------------------------------------------------------------------- arrays
+def _host_view(array: Any, name: str) -> Any:
+    """The array itself if it is an array of some backend, else ``numpy.asarray`` of it."""
+    if hasattr(array, "__array_namespace__") and hasattr(array, "dtype"):
+        return array
+    try:
+        return numpy.asarray(array)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"{name} cannot be read as an array of numbers ({exc}); every row must have the "
+            "same length"
+        ) from None
+
+
+def _check_kind(name: str, array: Any, *, allow_bool: bool = False) -> None:
+    """Real numbers only: integers, floats (and booleans where ``allow_bool``)."""
+    kind = array.dtype.kind
+    if kind in "iuf" or (kind == "b" and allow_bool):
         return
-    xp = X.__array_namespace__()
-    finite_rows = xp.isfinite(X).reshape(X.shape[0], -1).all(axis=1)
-    if not bool(finite_rows.all()):
-        bad_rows = numpy.flatnonzero(~_to_numpy(finite_rows))
-        raise InputError(
-            f"{name} contains NaN or infinite values in {bad_rows.size} sample(s), first at row "
-            f"{int(bad_rows[0])}; clean or impute them before training"
+    if kind == "b":
+        raise InputTypeError(
+            f"{name} has dtype bool; pass numbers (e.g. {name}.astype('float32') if the "
+            "booleans stand for 0 and 1)"
         )
+    if kind == "c":
+        raise InputTypeError(
+            f"{name} has dtype {array.dtype}: complex values are not supported; pass real numbers"
+        )
+    hint = ""
+    if kind in "USO":
+        hint = " (a CSV header row read as data? convert strings or objects to numbers first)"
+    raise InputTypeError(f"{name} has dtype {array.dtype}; it must hold real numbers{hint}")
 
 
 def _to_numpy(array: Any) -> numpy.ndarray:
@@ -116,49 +148,216 @@ def _to_numpy(array: Any) -> numpy.ndarray:
     return get() if callable(get) else numpy.asarray(array)
 
 
-def check_targets(Y: Any, n_samples: int, n_outputs: int, name: str = "Y") -> tuple[Any, bool]:
+def _check_values(name: str, X: Any, dtype: Any = None) -> None:
+    """Every value finite and, for a narrower network ``dtype``, within its range.
+
+    One pass in the common case: x·x (over all values) is finite and at most max² exactly
+    when no value is NaN, infinite or beyond ±max. Only a failed screen pays for the exact
+    search that names the rows.
+    """
+    if X.dtype.kind != "f" or X.size == 0:
+        return
+    xp = X.__array_namespace__()
+    limit = float(numpy.finfo(X.dtype).max)
+    if dtype is not None and numpy.dtype(dtype).itemsize < X.dtype.itemsize:
+        limit = float(numpy.finfo(dtype).max)
+    flat = X.reshape(-1)
+    work = flat if X.dtype.itemsize >= 4 else flat.astype(xp.float32)
+    screen = float(xp.vdot(work, work))
+    if math.isfinite(screen) and math.sqrt(screen) <= limit:
+        return
+    finite_rows = xp.isfinite(X).reshape(X.shape[0], -1).all(axis=1)
+    if not bool(finite_rows.all()):
+        bad_rows = numpy.flatnonzero(~_to_numpy(finite_rows))
+        raise InputError(
+            f"{name} contains NaN or infinite values in {bad_rows.size} sample(s), first at row "
+            f"{int(bad_rows[0])}; clean or impute them first"
+        )
+    largest = float(xp.abs(X).max())
+    if largest > limit:
+        raise InputError(
+            f"{name} holds values up to {largest:.3g}, beyond the range of the network's dtype "
+            f"{numpy.dtype(dtype).name} (±{limit:.3g}); scale the data or use dtype='float64'"
+        )
+
+
+def check_features(X: Any, n_features: int, name: str = "X", dtype: Any = None) -> Any:
+    """A 2-D array of finite real numbers with ``n_features`` columns and at least one row.
+
+    A 1-D array is taken as one feature per sample when the network has a single input.
+    ``dtype``, the network's dtype, bounds the values that survive the cast to it.
+    """
+    if X is None:
+        raise InputTypeError(f"{name} is None; pass an array of shape (n_samples, {n_features})")
+    X = _host_view(X, name)
+    _check_kind(name, X)
+    if X.ndim == 1 and n_features == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim == 0:
+        raise InputError(
+            f"{name} is a single number ({X.item()!r}); pass an array of shape "
+            f"(n_samples, {n_features}), one sample per row"
+        )
+    if X.ndim == 1:
+        hint = (
+            f"; for one sample pass {name}.reshape(1, -1)"
+            if X.shape[0] == n_features
+            else ""
+        )
+        raise InputError(
+            f"{name} has shape {tuple(X.shape)}; it must be 2-D (n_samples, {n_features}), "
+            f"one sample per row{hint}"
+        )
+    if X.ndim != 2:
+        raise InputError(
+            f"{name} has shape {tuple(X.shape)}; it must be 2-D (n_samples, {n_features}), "
+            f"one sample per row (flatten each sample, e.g. {name}.reshape(len({name}), -1))"
+        )
+    if X.shape[0] == 0:
+        raise InputError(f"{name} is empty: it has no samples")
+    if X.shape[1] != n_features:
+        hint = ""
+        if X.shape[0] == n_features:
+            hint = f"; it looks transposed: pass {name}.T, one sample per row"
+        elif X.shape[1] == n_features + 1:
+            hint = " (an index or label column left in the data?)"
+        raise InputError(
+            f"{name} has {X.shape[1]} features per sample but the network's input layer has "
+            f"{n_features}{hint}"
+        )
+    _check_values(name, X, dtype)
+    return X
+
+
+def check_targets(
+    Y: Any,
+    n_samples: int,
+    n_outputs: int,
+    name: str = "Y",
+    dtype: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+) -> tuple[Any, bool]:
     """Targets for ``n_samples`` rows: integer class labels (n,) or floats (n, n_outputs).
 
     Returns the array and whether it holds labels (to be one-hot encoded). With a single output
-    unit, labels 0/1 are the target values themselves.
+    unit, a 1-D array holds the target values themselves: integer or boolean labels must then
+    be 0 or 1, and float values are taken as they are (regression). Given the network's
+    ``output`` and ``loss``, cross-entropy targets are checked to be probabilities: in [0, 1],
+    and with softmax each row summing to 1 (δ^(L) = (softmax − y)/n holds only then).
     """
     if Y is None:
         raise InputTypeError(f"{name} is None; pass labels (n,) or targets (n, {n_outputs})")
-    Y = _host_view(Y)
-    if Y.dtype.kind not in "biuf":
-        raise InputTypeError(f"{name} has dtype {Y.dtype}; it must hold numbers")
-    if Y.shape[:1] != (n_samples,):
+    Y = _host_view(Y, name)
+    _check_kind(name, Y, allow_bool=Y.ndim == 1)
+    if Y.ndim == 0:
         raise InputError(
-            f"{name} has {Y.shape[0] if Y.ndim else 0} samples but X has {n_samples}; "
-            "they must match row for row"
+            f"{name} is a single number ({Y.item()!r}); pass labels ({n_samples},) or targets "
+            f"({n_samples}, {n_outputs}), one per sample"
+        )
+    if Y.shape[0] != n_samples:
+        raise InputError(
+            f"{name} has {Y.shape[0]} samples but X has {n_samples}; they must match row for row"
         )
     if Y.ndim == 1:
+        if n_outputs == 1 and Y.dtype.kind == "f":
+            _check_values(name, Y, dtype)
+            if loss == "cross_entropy":
+                _check_probabilities(name, Y.reshape(-1, 1), output)
+            return Y, True
         return _check_labels(Y, n_outputs, name), True
     if Y.ndim != 2 or Y.shape[1] != n_outputs:
+        hint = ""
+        if Y.ndim == 2 and Y.shape[1] == 1 and n_outputs > 1:
+            hint = f"; for class labels in a column pass {name}.ravel()"
         raise InputError(
             f"{name} has shape {tuple(Y.shape)}; it must be class labels ({n_samples},) or targets "
-            f"({n_samples}, {n_outputs}) to match the output layer"
+            f"({n_samples}, {n_outputs}) to match the output layer{hint}"
         )
-    _check_finite(name, Y)
+    _check_values(name, Y, dtype)
+    if loss == "cross_entropy":
+        _check_probabilities(name, Y, output)
     return Y, False
+
+
+def _check_probabilities(name: str, Y: Any, output: str | None) -> None:
+    """Cross-entropy targets: values in [0, 1]; with softmax, rows that sum to 1."""
+    if not bool(((Y >= 0) & (Y <= 1)).all()):
+        raise InputError(
+            f"{name} holds values outside [0, 1], but loss='cross_entropy' needs probabilities "
+            "as targets; pass class labels, one-hot rows, or use loss='mse'"
+        )
+    if output == "softmax":
+        xp = Y.__array_namespace__()
+        sums = Y.sum(axis=1, dtype=xp.float64)
+        off = xp.abs(sums - 1) > 1e-3
+        if bool(off.any()):
+            row = int(numpy.flatnonzero(_to_numpy(off))[0])
+            raise InputError(
+                f"{name} row {row} sums to {float(sums[row]):.4g}, but with output='softmax' "
+                "and loss='cross_entropy' each row of targets must sum to 1 (a probability "
+                "distribution over the classes); pass class labels or one-hot rows"
+            )
 
 
 def _check_labels(y: Any, n_outputs: int, name: str) -> Any:
     n_classes = max(n_outputs, 2)
     if y.dtype.kind == "f":
-        _check_finite(name, y)
-        if not bool((y == y.astype(numpy.int64)).all()):
+        _check_values(name, y)
+        xp = y.__array_namespace__()
+        if not bool((xp.floor(y) == y).all()):
             raise InputError(
                 f"{name} is 1-D, so it is read as class labels, but it holds non-integer values; "
                 f"pass integer labels or a 2-D array of targets (n, {n_outputs})"
             )
-    low, high = int(y.min()), int(y.max())
+    if y.dtype.kind == "b":
+        return y
+    low, high = float(y.min()), float(y.max())
     if low < 0 or high >= n_classes:
         hint = ""
-        if low == 1 and high == n_classes:
-            hint = f"; labels seem to run from 1 to {n_classes}: subtract 1"
+        if low >= 1 and high == n_classes:
+            hint = f"; they seem to run from 1 to {n_classes}: subtract 1"
+        elif n_outputs == 1:
+            hint = "; for regression targets pass floats"
         raise InputError(
-            f"{name} holds class labels from {low} to {high}, but the output layer has "
+            f"{name} holds class labels from {low:g} to {high:g}, but the output layer has "
             f"{n_outputs} unit(s), so labels must lie in 0..{n_classes - 1}{hint}"
         )
     return y
+
+
+def check_params(
+    params: Any, shapes: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+) -> list[tuple[Any, Any]]:
+    """``[(W, b), ...]`` with one pair per layer, each array of the expected shape, finite reals.
+
+    ``shapes`` holds ``(W.shape, b.shape)`` per layer. Arrays already on a device are kept there.
+    """
+    if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
+        raise InputTypeError(f"params must be a list of (W, b) pairs, got {type(params).__name__}")
+    params = list(params)
+    if len(params) != len(shapes):
+        raise InputError(
+            f"params has {len(params)} (W, b) pairs; this network has {len(shapes)} layers"
+        )
+    checked = []
+    for layer, (pair, expected) in enumerate(zip(params, shapes, strict=True), start=1):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise InputTypeError(
+                f"params[{layer - 1}] must be a pair (W, b) for layer {layer}, "
+                f"got {type(pair).__name__}"
+                + (f" of length {len(pair)}" if isinstance(pair, Sequence) else "")
+            )
+        arrays = []
+        for what, array, shape in zip(("W", "b"), pair, expected, strict=True):
+            label = f"layer {layer} {what}"
+            if array is None:
+                raise InputTypeError(f"{label} is None; pass an array of shape {shape}")
+            array = _host_view(array, label)
+            _check_kind(label, array)
+            if tuple(array.shape) != tuple(shape):
+                raise InputError(f"{label} has shape {tuple(array.shape)}; expected {tuple(shape)}")
+            _check_values(label, array)
+            arrays.append(array)
+        checked.append((arrays[0], arrays[1]))
+    return checked
