@@ -2,14 +2,22 @@
 
 An optimizer updates the flat parameter buffer θ from the flat gradient buffer ∇C in one backend
 kernel per step. Plain SGD is the article's rule θ ← θ − η ∇C; momentum, Nesterov and Adam keep
-state buffers of θ's shape, allocated on the first step and saved in checkpoints.
+state buffers of θ's shape, allocated on the first step and saved in checkpoints together with
+the step counter, so that a resumed run continues exactly where it stopped. A kernel may use the
+gradient buffer as scratch space (weight decay is added into it in place).
+
+A schedule is a factor per epoch (0-based) by which the optimizer's base learning rate is
+multiplied; :func:`gpunn.train.fit` applies it before each epoch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy
 
 from . import validation
 from .backend import Array, Ops
@@ -18,9 +26,38 @@ from .errors import InputError
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SGD",
+    "Adam",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "Momentum",
+    "Nesterov",
+    "Optimizer",
+    "Schedule",
+    "StepSchedule",
+    "make_optimizer",
+    "make_schedule",
+    "optimizer_from_config",
+    "schedule_from_config",
+]
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    """A number in [0, 1): a momentum or an exponential decay rate."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # also false for NaN
+        raise InputError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
 
 class Optimizer:
-    """Base class: ``lr`` is the current learning rate (a schedule may change it per epoch)."""
+    """Base class: ``lr`` is the current learning rate (a schedule may change it per epoch),
+    ``base_lr`` the one it was created with, ``steps`` the number of updates applied so far."""
 
     name = "optimizer"
     default_lr = 0.1
@@ -43,13 +80,28 @@ class Optimizer:
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         """State to checkpoint, as host arrays (empty before the first step)."""
-        return {}
+        return {"steps": numpy.asarray(self.steps, dtype=numpy.int64)} if self.steps else {}
 
-    def load_state_arrays(self, ops: Ops, arrays: dict[str, Any], dtype: Any) -> None:
-        """Restore what :meth:`state_arrays` returned."""
+    def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
+        """Restore what :meth:`state_arrays` returned (on any backend, in ``dtype``)."""
+        self.steps = _read_steps(arrays)
 
     def config(self) -> dict[str, Any]:
+        """The settings that rebuild this optimizer with :func:`optimizer_from_config`."""
         return {"name": self.name, "lr": self.base_lr, "weight_decay": self.weight_decay}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({settings}, steps={self.steps})"
+
+
+def _read_steps(arrays: Mapping[str, Any]) -> int:
+    if "steps" not in arrays:
+        return 0
+    steps = numpy.asarray(arrays["steps"])
+    if steps.shape != () or steps.dtype.kind not in "iu" or int(steps) < 0:
+        raise InputError(f"optimizer state 'steps' must be a non-negative integer, got {steps!r}")
+    return int(steps)
 
 
 class SGD(Optimizer):
@@ -62,7 +114,7 @@ class SGD(Optimizer):
 
 
 class _Stateful(Optimizer):
-    """An optimizer with state buffers shaped like θ, created on first use."""
+    """An optimizer with state buffers shaped like θ, created (zero) on first use."""
 
     state_names: tuple[str, ...] = ()
 
@@ -73,26 +125,42 @@ class _Stateful(Optimizer):
     def buffers(self, ops: Ops, params: Array) -> list[Array]:
         if not self.state:
             self.state = {k: ops.zeros(params.shape, params.dtype) for k in self.state_names}
+        for key, buffer in self.state.items():
+            if buffer.shape != params.shape:
+                raise InputError(
+                    f"{self.name} state {key!r} has shape {tuple(buffer.shape)} but the network "
+                    f"has {params.shape[0]} parameters: the state belongs to another network"
+                )
         return [self.state[k] for k in self.state_names]
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
-        arrays = {k: ops.to_host(v) for k, v in self.state.items()}
-        if self.state:
-            arrays["steps"] = self.steps
+        arrays = super().state_arrays(ops)
+        arrays.update({k: ops.to_host(v) for k, v in self.state.items()})
         return arrays
 
-    def load_state_arrays(self, ops: Ops, arrays: dict[str, Any], dtype: Any) -> None:
-        if not arrays:
+    def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
+        present = [k for k in self.state_names if k in arrays]
+        if not present:  # saved before the first step: nothing to restore
+            self.state, self.steps = {}, _read_steps(arrays)
             return
         missing = [k for k in self.state_names if k not in arrays]
         if missing:
             raise InputError(f"optimizer state lacks {missing} for {self.name!r}")
-        self.state = {k: ops.asarray(arrays[k], dtype=dtype) for k in self.state_names}
-        self.steps = int(arrays.get("steps", 0))
+        state = {}
+        for key in self.state_names:
+            array = numpy.asarray(arrays[key])
+            if array.ndim != 1 or array.dtype.kind != "f" or not numpy.isfinite(array).all():
+                raise InputError(
+                    f"{self.name} state {key!r} must be a 1-D array of finite floats, got "
+                    f"{array.dtype} of shape {array.shape}"
+                )
+            state[key] = ops.asarray(array, dtype=dtype)
+        self.state, self.steps = state, _read_steps(arrays)
 
 
 class Momentum(_Stateful):
-    """v ← μv + ∇C;  θ ← θ − ηv (classical momentum), or θ ← θ − η(∇C + μv) (Nesterov)."""
+    """v ← μv + g;  θ ← θ − ηv (classical momentum), or θ ← θ − η(g + μv) (Nesterov),
+    with g = ∇C + λθ."""
 
     name = "momentum"
     state_names = ("velocity",)
@@ -105,9 +173,7 @@ class Momentum(_Stateful):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
-            raise InputError(f"momentum must lie in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
+        self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
         if self.nesterov:
             self.name = "nesterov"
@@ -122,8 +188,21 @@ class Momentum(_Stateful):
         return {**super().config(), "momentum": self.momentum}
 
 
+class Nesterov(Momentum):
+    """Nesterov momentum: v ← μv + g;  θ ← θ − η(g + μv)."""
+
+    def __init__(
+        self, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
 class Adam(_Stateful):
-    """Adam with bias correction and decoupled weight decay (AdamW when weight_decay > 0)."""
+    """Adam with bias correction and decoupled weight decay (AdamW when weight_decay > 0):
+
+    m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ(1 − ηλ) − η m̂ / (√v̂ + ε),
+    m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ),  t the step counter (1 at the first step).
+    """
 
     name = "adam"
     default_lr = 0.001
@@ -138,10 +217,8 @@ class Adam(_Stateful):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr, weight_decay)
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise InputError(f"{name} must lie in [0, 1), got {beta}")
-        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.beta1 = _check_fraction("beta1", beta1)
+        self.beta2 = _check_fraction("beta2", beta2)
         self.eps = validation.check_positive_float("eps", eps)
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
@@ -155,18 +232,38 @@ class Adam(_Stateful):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
 
+_OPTIONS = {
+    "sgd": ("weight_decay",),
+    "momentum": ("momentum", "weight_decay"),
+    "nesterov": ("momentum", "weight_decay"),
+    "adam": ("beta1", "beta2", "eps", "weight_decay"),
+}
+
+
 def make_optimizer(
     optimizer: str | Optimizer | None = None, lr: float | None = None, **options: Any
 ) -> Optimizer:
     """An optimizer from a name (sgd, momentum, nesterov, adam) or an instance.
 
-    ``lr``, when given, overrides the instance's learning rate.
+    ``lr``, when given, overrides the instance's learning rate; ``options`` are the named
+    optimizer's settings (momentum; beta1, beta2, eps; weight_decay for all).
     """
     if isinstance(optimizer, Optimizer):
+        if options:
+            raise InputError(
+                f"optimizer settings {sorted(options)} cannot be applied to an optimizer "
+                "instance; set them when creating it"
+            )
         if lr is not None:
             optimizer.lr = optimizer.base_lr = validation.check_positive_float("lr", lr)
         return optimizer
     name = validation.check_choice("optimizer", optimizer or "sgd", OPTIMIZERS)
+    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    if unknown:
+        raise InputError(
+            f"optimizer {name!r} has no setting {', '.join(map(repr, unknown))}; its settings "
+            f"are {', '.join(map(repr, _OPTIONS[name]))}"
+        )
     if name == "sgd":
         return SGD(lr, **options)
     if name in ("momentum", "nesterov"):
@@ -174,20 +271,107 @@ def make_optimizer(
     return Adam(lr, **options)
 
 
+def optimizer_from_config(config: Mapping[str, Any]) -> Optimizer:
+    """The optimizer that :meth:`Optimizer.config` describes (without its state)."""
+    settings = dict(config)
+    name = settings.pop("name", None)
+    if name is None:
+        raise InputError("optimizer config has no 'name'")
+    return make_optimizer(name, settings.pop("lr", None), **settings)
+
+
+# ---------------------------------------------------------------------- learning-rate schedules
+class Schedule:
+    """A learning-rate factor per epoch (0-based); ``config()`` describes it for model files."""
+
+    name = "schedule"
+
+    def __call__(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({settings})"
+
+
+class ConstantSchedule(Schedule):
+    """factor = 1: the article's fixed learning rate."""
+
+    name = "constant"
+
+    def __call__(self, epoch: int) -> float:
+        return 1.0
+
+
+class StepSchedule(Schedule):
+    """factor = γ^⌊epoch / step_size⌋: the rate drops by γ every ``step_size`` epochs."""
+
+    name = "step"
+
+    def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
+        self.step_size = validation.check_positive_int("step_size", step_size)
+        self.gamma = validation.check_positive_float("gamma", gamma)
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma ** (int(epoch) // self.step_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
+
+
+class CosineSchedule(Schedule):
+    """factor = ½(1 + cos(π · epoch / epochs)) over a plan of ``epochs`` epochs.
+
+    It falls from 1 at epoch 0 towards 0; epochs past the plan keep the last planned factor
+    (training longer than planned does not make the rate climb again).
+    """
+
+    name = "cosine"
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = validation.check_positive_int("epochs", epochs)
+
+    def __call__(self, epoch: int) -> float:
+        epoch = min(int(epoch), self.epochs - 1)
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "epochs": self.epochs}
+
+
 def make_schedule(
-    schedule: str | Callable[[int], float] | None, epochs: int, step_size: int = 10,
+    schedule: str | Callable[[int], float] | None,
+    epochs: int,
+    step_size: int = 10,
     gamma: float = 0.1,
 ) -> Callable[[int], float]:
     """A factor per epoch (0-based) by which the base learning rate is multiplied.
 
-    constant: 1;  step: γ^⌊epoch / step_size⌋;  cosine: ½(1 + cos(π · epoch / epochs)).
+    constant: 1;  step: γ^⌊epoch / step_size⌋;  cosine: ½(1 + cos(π · epoch / epochs)), with
+    ``epochs`` the length of the plan. A callable (such as a :class:`Schedule`) is returned as is.
     """
     if callable(schedule):
         return schedule
     name = validation.check_choice("schedule", schedule or "constant", SCHEDULES)
     if name == "step":
-        step_size = validation.check_positive_int("step_size", step_size)
-        return lambda epoch: gamma ** (epoch // step_size)
+        return StepSchedule(step_size, gamma)
     if name == "cosine":
-        return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    return lambda epoch: 1.0
+        return CosineSchedule(max(int(epochs), 1))
+    return ConstantSchedule()
+
+
+def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
+    """The schedule that :meth:`Schedule.config` describes."""
+    settings = dict(config)
+    name = validation.check_choice("schedule", settings.pop("name", "constant"), SCHEDULES)
+    try:
+        if name == "step":
+            return StepSchedule(**settings)
+        if name == "cosine":
+            return CosineSchedule(**settings)
+        return ConstantSchedule(**settings)
+    except TypeError as exc:
+        raise InputError(f"schedule {name!r} has unexpected settings {settings}: {exc}") from None
