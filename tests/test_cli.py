@@ -270,3 +270,69 @@ def test_evaluate_and_predict_in_process_on_npz_data(tmp_path, capsys):
     assert "all part, 200 samples" in out
     assert float(out.split("accuracy")[1].split()[0]) > 0.8
     assert Path(model).is_file()
+
+
+# ---------------------------------------------------------------------- --distributed
+def _mpi4py_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_distributed_without_the_module_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.delattr(gpunn, "distributed", raising=False)
+    monkeypatch.setitem(sys.modules, "gpunn.distributed", None)
+    assert cli.main(["train", "--distributed", "mpi", "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--distributed is not available" in err[0]
+
+
+@pytest.mark.skipif(not _mpi4py_available(), reason="needs mpi4py (gpunn[mpi])")
+def test_distributed_without_a_launcher_trains_as_one_process(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(50, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    status = cli.main(["train", "--distributed", "mpi", "--backend", "numpy", "--data",
+                       str(tmp_path / "d.npz"), "--hidden", "3", "--epochs", "1"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "test accuracy" in captured.out
+    assert "no MPI launcher" in captured.err
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None or not _mpi4py_available(),
+                    reason="needs mpiexec and mpi4py (gpunn[mpi])")
+def test_distributed_two_ranks_match_one_process(tmp_path):
+    """mpiexec -n 2: only rank 0 prints and writes; the weights match one process's (up to
+    the rounding of the gradient sums)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 8))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, :3]).argmax(axis=1))
+    flags = ["train", "--data", str(tmp_path / "d.npz"), "--hidden", "16", "--epochs", "2",
+             "--batch-size", "32", "--backend", "numpy"]
+    done = subprocess.run(
+        ["mpiexec", "-n", "2", sys.executable, "-m", "gpunn", *flags, "--distributed", "mpi",
+         "--save", str(tmp_path / "two.npz")],
+        capture_output=True, text=True, timeout=180, env=ENV,
+    )
+    if done.returncode != 0 and "differ" in done.stderr and "mpiexec" in done.stderr:
+        pytest.skip(f"mpiexec on PATH does not match mpi4py: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("test accuracy") == 1
+    assert "2 ranks" in done.stdout
+    single = gpunn_cmd(*flags, "--save", str(tmp_path / "one.npz"))
+    assert single.returncode == 0, single.stderr
+    two, one = (gpunn.load(tmp_path / f, backend="numpy") for f in ("two.npz", "one.npz"))
+    for (W2, b2), (W1, b1) in zip(two.get_params(), one.get_params(), strict=True):
+        np.testing.assert_allclose(W2, W1, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b2, b1, rtol=1e-4, atol=1e-5)
+
+
+def test_info_falls_back_without_the_bench_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gpunn.bench.sysinfo", None)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"gpunn      {gpunn.__version__}" in out
+    assert f"numpy      {np.__version__}" in out and "backends" in out
