@@ -31,7 +31,6 @@ and is launched as ``mpiexec -n 4 python train.py``. Engines:
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -376,25 +375,13 @@ def nccl_unavailable_reason() -> str | None:
     gpu = _cuda.unavailable_reason()
     if gpu is not None:
         return gpu
-    nccl = _load_nccl()
-    if nccl is None or not getattr(nccl, "available", False):
+    if _load_nccl() is None:
         return "CuPy cannot load the NCCL library (libnccl.so.2)"
     return None
 
 
 def _load_nccl() -> Any:
-    loader = getattr(_cuda, "nccl_module", None)  # the backend's own accessor, where it has one
-    if loader is not None:
-        return loader()
-    cupy = _cuda.cupy_module()
-    if cupy is None:
-        return None
-    with warnings.catch_warnings():  # CuPy warns at import when libnccl is missing
-        warnings.simplefilter("ignore")
-        try:
-            return importlib.import_module(f"{cupy.__name__}.cuda.nccl")
-        except ImportError:
-            return None
+    return _cuda.nccl_module()
 
 
 def mpi_cuda_aware(MPI: Any = None) -> bool:
@@ -527,26 +514,13 @@ def evaluate_distributed(net: Network, Xd: Array, Yd: Array, comm: Communicator)
     correctly classified rows are allreduced (one collective, one read-back), so every rank
     returns the same ``{"loss": Σ cost / n, "accuracy": Σ correct / n}``.
     """
-    from .network import PREDICT_CHUNK
     from .train import shard_rows
 
-    ops = net.backend
-    xp = ops.xp
     n = Xd.shape[0]
     lo, hi = shard_rows(0, n, comm.rank, comm.size)
-    totals = ops.zeros(2, "float64")  # [Σ cost, Σ correct]
-    for start in range(lo, hi, PREDICT_CHUNK):
-        stop = min(start + PREDICT_CHUNK, hi)
-        ws = net.workspace(stop - start)
-        A = net.feedforward(Xd[start:stop], ws)
-        Y = Yd[start:stop]
-        totals[0] += net.cost_sum(Y, ws)
-        if A.shape[1] == 1:
-            totals[1] += xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
-        else:
-            totals[1] += xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
+    totals = net.evaluation_totals(Xd[lo:hi], Yd[lo:hi])
     comm.allreduce_sum(totals)
-    cost, correct = ops.to_host(totals).tolist()
+    cost, correct = net.backend.to_host(totals).tolist()
     return {"loss": cost / n, "accuracy": correct / n}
 
 

@@ -18,6 +18,7 @@ their gradients in another, ``grads``, so that an optimizer update is one operat
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
 INITS = ("normal", "glorot", "he")
 PREDICT_CHUNK = 4096  # rows per forward pass in predict/evaluate/loss: bounds device memory
+MAX_WORKSPACES = 3  # batch sizes whose buffers a network keeps (training, evaluation, ...)
+_serials = itertools.count()
 
 
 @dataclass
@@ -58,6 +61,14 @@ class Workspace:
     Y: Array
     index: Array
     _views: dict[int, Workspace] = field(default_factory=dict, repr=False)
+    serial: int = field(default_factory=lambda: next(_serials))  # never reused: a step's key
+
+    @staticmethod
+    def nbytes(sizes: Sequence[int], rows: int, dtype: Any) -> int:
+        """The bytes :meth:`allocate` takes: A, δ and scratch per layer, z^(L), X, Y, index."""
+        widths = sizes[1:]
+        elements = rows * (3 * sum(widths) + 2 * widths[-1] + sizes[0])
+        return elements * numpy.dtype(dtype).itemsize + rows * 8
 
     @classmethod
     def allocate(cls, ops: Ops, sizes: Sequence[int], rows: int, dtype: Any) -> Workspace:
@@ -130,6 +141,12 @@ class Network:
                 "loss='cross_entropy' needs output='softmax' (classes) or 'sigmoid' "
                 "(independent binary units); with output='identity' use loss='mse'"
             )
+        if self.output == "softmax" and self.sizes[-1] == 1:
+            raise InputError(
+                "output='softmax' with a single output unit always outputs 1; use "
+                "output='sigmoid' for one binary output, or give the output layer one unit "
+                "per class"
+            )
         self.init = validation.check_choice("init", init, INITS)
         self.dtype = validation.check_dtype(dtype)
         self.seed = validation.check_positive_int("seed", seed, minimum=0)
@@ -161,47 +178,49 @@ class Network:
 
     def set_params(self, params: Sequence[tuple[Any, Any]]) -> None:
         """Copy [(W, b), ...] (host or device arrays) into the network's parameters."""
-        params = list(params)
-        if len(params) != self.n_layers:
-            raise InputError(
-                f"set_params got {len(params)} (W, b) pairs; this network has {self.n_layers} layers"
-            )
-        for l, (W, b) in enumerate(params):
-            for name, new, old in (("W", W, self.weights[l]), ("b", b, self.biases[l])):
-                new = numpy.asarray(new) if not self.backend.is_device_array(new) else new
-                if tuple(new.shape) != old.shape:
-                    raise InputError(
-                        f"layer {l + 1} {name} has shape {tuple(new.shape)}; expected {old.shape}"
-                    )
-                old[...] = self.backend.asarray(new, dtype=self.dtype)
+        shapes = [(W.shape, b.shape) for W, b in zip(self.weights, self.biases)]
+        for l, (W, b) in enumerate(validation.check_params(params, shapes)):
+            self.weights[l][...] = self.backend.asarray(W, dtype=self.dtype)
+            self.biases[l][...] = self.backend.asarray(b, dtype=self.dtype)
 
     # ------------------------------------------------------------------ forward and backward
     def workspace(self, rows: int) -> Workspace:
-        """Buffers for a batch of ``rows`` samples: allocated on first use, then reused."""
-        for size, space in self._workspaces.items():
-            if size >= rows:
-                return space.first_rows(rows)
-        space = Workspace.allocate(self.backend, self.sizes, rows, self.dtype)
-        self._workspaces = {rows: space}  # one set of buffers; smaller batches use its views
+        """Buffers for a batch of ``rows`` samples: allocated on first use, then reused.
+
+        The smallest kept workspace of at least ``rows`` rows serves (a smaller batch uses
+        views of its first rows), so a training batch size and an evaluation chunk each keep
+        their own buffers and a recorded training step keeps pointing at live memory.
+        """
+        fitting = [size for size in self._workspaces if size >= rows]
+        if fitting:
+            return self._workspaces[min(fitting)].first_rows(rows)
+        if len(self._workspaces) >= MAX_WORKSPACES:
+            self._workspaces.clear()
+            self.backend.forget_steps()
+        nbytes = Workspace.nbytes(self.sizes, rows, self.dtype)
+        with self.backend.memory_guard("allocating the training buffers", rows, nbytes):
+            space = Workspace.allocate(self.backend, self.sizes, rows, self.dtype)
+        self._workspaces[rows] = space
         return space
 
     def feedforward(self, X: Array, ws: Workspace) -> Array:
         """a^(l) = σ(W^(l) a^(l-1) + b^(l)) for l = 1..L; returns a^(L) (in ``ws``)."""
         ops = self.backend
-        A_prev = X
+        A = X
         last = self.n_layers - 1
         for l, (W, b) in enumerate(zip(self.weights, self.biases)):
             if l < last:
-                Z = ops.affine_forward(A_prev, W, b, out=ws.A[l])
-                A_prev = ops.activation_forward(self.activation, Z, out=Z)
+                A = ops.layer_forward(A, W, b, self.activation, out=ws.A[l])
             else:
-                Z = ops.affine_forward(A_prev, W, b, out=ws.Z_out)
-                A_prev = ops.activation_forward(self.output, Z, out=ws.A[l])
-        return A_prev
+                A = ops.layer_forward(A, W, b, self.output, out=ws.A[l], Z=ws.Z_out)
+        return A
 
-    def cost_sum(self, Y: Array, ws: Workspace) -> Array:
-        """Σ over the batch of each sample's cost, as a device scalar; call before backprop."""
-        return self.backend.cost_sum(self.output, self.loss_name, ws.Z_out, ws.A[-1], Y)
+    def add_cost(self, Y: Array, ws: Workspace, total: Array) -> Array:
+        """total += Σ over the batch of each sample's cost (a device scalar); call before
+        :meth:`backprop`, which may overwrite z^(L)."""
+        return self.backend.cost_accumulate(
+            self.output, self.loss_name, ws.Z_out, ws.A[-1], Y, total
+        )
 
     def backprop(self, X: Array, Y: Array, ws: Workspace, scale: float) -> None:
         """Fill ``grads`` with ∂C/∂W and ∂C/∂b for the batch, after :meth:`feedforward`.
@@ -224,12 +243,15 @@ class Network:
     # ------------------------------------------------------------------ data on the device
     def device_inputs(self, X: Any, name: str = "X") -> Array:
         """X checked and on this network's device, in its dtype (no copy if it already is)."""
-        X = validation.check_features(X, self.sizes[0], name)
+        X = validation.check_features(X, self.sizes[0], name, dtype=self.dtype)
         return self.backend.asarray(X, dtype=self.dtype)
 
     def device_targets(self, Y: Any, n_samples: int, name: str = "Y") -> Array:
         """Targets on the device as rows (n, n_out): integer labels are one-hot encoded."""
-        Y, is_labels = validation.check_targets(Y, n_samples, self.sizes[-1], name)
+        Y, is_labels = validation.check_targets(
+            Y, n_samples, self.sizes[-1], name, dtype=self.dtype, output=self.output,
+            loss=self.loss_name,
+        )
         Y = self.backend.asarray(Y)
         if not is_labels:
             return self.backend.asarray(Y, dtype=self.dtype)
@@ -259,28 +281,33 @@ class Network:
         return self.evaluate(X, Y)["loss"]
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
-        """``{"loss": C, "accuracy": fraction of rows whose largest output is the target's}``.
-
-        With one output unit, a row counts as right when a ≥ 0.5 matches y ≥ 0.5.
-        """
+        """``{"loss": C, "accuracy": fraction of rows whose largest output is the target's}``."""
         Xd = self.device_inputs(X)
         Yd = self.device_targets(Y, Xd.shape[0])
         return self.evaluate_device(Xd, Yd)
 
     def evaluate_device(self, Xd: Array, Yd: Array) -> dict[str, float]:
         """:meth:`evaluate` for data already checked and on the device; one read-back."""
-        xp = self.backend.xp
-        totals = xp.zeros(2, dtype=self.dtype)  # [Σ cost, Σ correct]
-        for rows, ws, A in self._chunks(Xd):
-            Y = Yd[rows]
-            totals[0] += self.cost_sum(Y, ws)
-            if A.shape[1] == 1:
-                totals[1] += xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
-            else:
-                totals[1] += xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
-        cost, correct = self.backend.to_host(totals).tolist()
+        cost, correct = self.backend.to_host(self.evaluation_totals(Xd, Yd)).tolist()
         n = Xd.shape[0]
         return {"loss": cost / n, "accuracy": correct / n}
+
+    def evaluation_totals(self, Xd: Array, Yd: Array) -> Array:
+        """[Σ cost, number of rows classified right] over (Xd, Yd), on the device.
+
+        With one output unit, a row counts as right when a ≥ 0.5 matches y ≥ 0.5.
+        """
+        xp = self.backend.xp
+        cost = xp.zeros((), dtype=self.dtype)
+        correct = xp.zeros((), dtype=xp.int64)
+        for rows, ws, A in self._chunks(Xd):
+            Y = Yd[rows]
+            self.add_cost(Y, ws, cost)
+            if A.shape[1] == 1:
+                correct += xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
+            else:
+                correct += xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
+        return xp.stack([cost.astype(xp.float64), correct.astype(xp.float64)])
 
     def gradients(self, X: Any, Y: Any) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
         """Host copies [(∂C/∂W, ∂C/∂b), ...] of :meth:`loss` on (X, Y): one batch of all rows."""

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy
+
 from . import validation
-from .errors import DivergenceError, InputError
+from .errors import DivergenceError, InputError, InputTypeError
 from .optim import Optimizer, make_optimizer, make_schedule
 
 if TYPE_CHECKING:
@@ -147,25 +149,39 @@ def fit(
     epochs = validation.check_positive_int("epochs", epochs)
     batch_size = validation.check_positive_int("batch_size", batch_size)
     initial_epoch = validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
+    shuffle = validation.check_bool("shuffle", shuffle)
+    progress = validation.check_bool("progress", progress)
     seed = net.seed if seed is None else validation.check_positive_int("seed", seed, minimum=0)
+    if total_epochs is not None:
+        total_epochs = validation.check_positive_int("total_epochs", total_epochs)
     opt = make_optimizer(optimizer, lr)
     plan = total_epochs if total_epochs is not None else initial_epoch + epochs
     lr_factor = make_schedule(schedule, plan)
-    hooks = [c if isinstance(c, Callback) else _LambdaCallback(c) for c in callbacks]
+    hooks = [_as_callback(c) for c in callbacks]
+    distributed = comm is not None and comm.size > 1
 
-    Xd = net.device_inputs(X)
-    Yd = net.device_targets(Y, Xd.shape[0])
-    val = None
-    if validation_data is not None:
-        Xv = net.device_inputs(validation_data[0], "validation X")
-        val = (Xv, net.device_targets(validation_data[1], Xv.shape[0], "validation Y"))
+    ops = net.backend
+    with ops.memory_guard("copying the training data to the device", batch_size, _nbytes(X, Y)):
+        Xd = net.device_inputs(X)
+        Yd = net.device_targets(Y, Xd.shape[0])
+        val = None
+        if validation_data is not None:
+            Xv, Yv = validation.check_validation_data(validation_data)
+            Xv = net.device_inputs(Xv, "validation X")
+            val = (Xv, net.device_targets(Yv, Xv.shape[0], "validation Y"))
+    if distributed:
+        from .distributed import evaluate_distributed, verify_replicas
+
+        verify_replicas(comm, net, Xd.shape[0], batch_size, seed)
+        progress = progress and comm.is_root
 
     history = History()
-    ops = net.backend
     last_good = ops.empty(net.params.shape, net.params.dtype)
     for hook in hooks:
         hook.on_train_begin(net)
-    with ops.training_scope(batch_size), _progress_bar(epochs, enabled=progress) as bar:
+    # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
+    quiet_fp = numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
+    with ops.training_scope(batch_size), quiet_fp, _progress_bar(epochs, progress) as bar:
         for epoch in range(initial_epoch, initial_epoch + epochs):
             opt.lr = opt.base_lr * lr_factor(epoch)
             last_good[...] = net.params
@@ -190,7 +206,7 @@ def fit(
                 "samples_per_second": n / seconds if seconds > 0 else math.inf,
             }
             if val is not None:
-                metrics = net.evaluate_device(*val)
+                metrics = evaluate_distributed(net, *val, comm) if distributed else net.evaluate_device(*val)
                 record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
             history.append(record)
             _show(bar, record)
@@ -246,7 +262,7 @@ def run_epoch(
             else:
                 X, Y = Xd[start:stop], Yd[start:stop]
             ops.run_step(
-                ("train", rows, scale),
+                ("train", ws.serial, scale),
                 lambda X=X, Y=Y, ws=ws, scale=scale: _gradient_step(net, X, Y, ws, scale, cost),
             )
         else:
@@ -262,7 +278,7 @@ def run_epoch(
 def _gradient_step(net: Network, X: Any, Y: Any, ws: Any, scale: float, cost: Any) -> None:
     """Feedforward, add the batch's cost to ``cost``, and backpropagate into ``net.grads``."""
     net.feedforward(X, ws)
-    cost += net.cost_sum(Y, ws)
+    net.add_cost(Y, ws, cost)
     net.backprop(X, Y, ws, scale)
 
 
@@ -272,6 +288,22 @@ def shard_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     count, extra = divmod(stop - start, size)
     lo = start + rank * count + min(rank, extra)
     return lo, lo + count + (1 if rank < extra else 0)
+
+
+def _as_callback(callback: Any) -> Callback:
+    if isinstance(callback, Callback):
+        return callback
+    if callable(callback):
+        return _LambdaCallback(callback)
+    raise InputTypeError(
+        f"callbacks must hold gpunn.Callback objects or functions (net, record) -> bool, "
+        f"got {callback!r}"
+    )
+
+
+def _nbytes(*arrays: Any) -> int:
+    """Bytes the arrays take (0 for what is not yet an array)."""
+    return sum(int(getattr(a, "nbytes", 0)) for a in arrays)
 
 
 def _read_back(ops: Any, cost: Any, params: Any) -> tuple[float, bool]:

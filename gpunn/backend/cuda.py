@@ -53,14 +53,29 @@ def _describe_cuda_failure(exc: Exception) -> str:
     lowered = text.lower()
     if "insufficient" in lowered and "driver" in lowered:
         return (
-            f"the NVIDIA driver is too old for this CuPy build ({text}); update the driver "
-            "or install the CuPy package for an older CUDA (gpunn[cuda12])"
+            f"the NVIDIA driver is missing or too old for this CuPy build ({text}); install "
+            "or update the driver, or install the CuPy package for an older CUDA (gpunn[cuda12])"
         )
     if "no cuda-capable device" in lowered or "no device" in lowered:
         return f"CuPy is installed but no NVIDIA GPU was found ({text})"
     if "libcuda" in lowered or "driver" in lowered:
         return f"CuPy is installed but the NVIDIA driver is missing or unusable ({text})"
     return f"CuPy is installed but cannot use a GPU ({text})"
+
+
+def nccl_module() -> ModuleType | None:
+    """CuPy's NCCL binding (``cupy.cuda.nccl``) when CuPy can load libnccl, else None."""
+    if cupy is None:
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from cupy.cuda import nccl
+        except ImportError:
+            return None
+    return nccl if getattr(nccl, "available", False) else None
 
 
 def gpu_available() -> bool:

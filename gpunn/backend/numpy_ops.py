@@ -8,6 +8,7 @@ object keeps per shape, so that a warmed-up training step allocates no array at 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 import numpy
@@ -32,14 +33,21 @@ class NumpyOps(Ops):
 
     def __init__(self) -> None:
         super().__init__()
-        self._scratch: dict[tuple[tuple[int, ...], numpy.dtype, str], Array] = {}
+        self._local = threading.local()  # scratch buffers, one set per thread
 
     def scratch(self, shape: tuple[int, ...], dtype: Any, tag: str = "") -> Array:
-        """A buffer of this shape kept for reuse by kernels (its contents are garbage)."""
+        """A buffer of this shape kept for reuse by kernels (its contents are garbage).
+
+        The backend object is shared by every network of the process, so each thread gets its
+        own buffers: two networks trained in two threads never write into each other's.
+        """
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
         key = (tuple(shape), numpy.dtype(dtype), tag)
-        buffer = self._scratch.get(key)
+        buffer = buffers.get(key)
         if buffer is None:
-            buffer = self._scratch[key] = numpy.empty(shape, dtype)
+            buffer = buffers[key] = numpy.empty(shape, dtype)
         return buffer
 
     def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:

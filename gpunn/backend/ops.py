@@ -75,6 +75,14 @@ class Ops:
         """
         step()
 
+    def forget_steps(self) -> None:
+        """Drop recorded steps, whose buffers were replaced (nothing is recorded here)."""
+
+    def memory_guard(self, what: str, rows: int, nbytes: int) -> contextlib.AbstractContextManager[Any]:
+        """Turn the device's out-of-memory error into DeviceMemoryError naming ``rows`` and
+        ``nbytes`` (on the CPU, MemoryError is left as it is)."""
+        return contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait until queued device work has finished (nothing to wait for on the CPU)."""
 
@@ -96,6 +104,15 @@ class Ops:
     def affine_backward_input(self, delta: Array, W: Array, out: Array) -> Array:
         """∂C/∂a^(l-1) = δ^(l) W^(l): the error carried back one layer, before σ'."""
         return self.xp.matmul(delta, W, out=out)
+
+    def layer_forward(
+        self, A_prev: Array, W: Array, b: Array, activation: str, out: Array, Z: Array = None
+    ) -> Array:
+        """a^(l) = σ(A_prev Wᵀ + b) into ``out``: z is computed in place, or kept in ``Z``
+        when given (the output layer, whose z the cost needs)."""
+        Z = out if Z is None else Z
+        self.affine_forward(A_prev, W, b, out=Z)
+        return self.activation_forward(activation, Z, out=out)
 
     # ------------------------------------------------------------------ activations
     def activation_forward(self, name: str, Z: Array, out: Array) -> Array:
@@ -192,6 +209,13 @@ class Ops:
         # binary cross-entropy per unit: −[y log σ(z) + (1−y) log(1−σ(z))] = softplus(z) − y z
         softplus = xp.logaddexp(0, Z)
         return softplus.sum() - xp.vdot(Y, Z)
+
+    def cost_accumulate(
+        self, output: str, loss: str, Z: Array, A: Array, Y: Array, acc: Array
+    ) -> Array:
+        """acc += :meth:`cost_sum` (a 0-d device accumulator; no host sync)."""
+        acc += self.cost_sum(output, loss, Z, A, Y)
+        return acc
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params: Array, grads: Array, lr: float, weight_decay: float = 0.0) -> None:
