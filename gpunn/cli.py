@@ -509,7 +509,7 @@ def _resolve(args: argparse.Namespace, ckpt: Any, model: Any) -> _TrainSettings:
         epochs = planned - done
         if epochs < 1:
             raise UsageError(
-                f"{where} has finished the {planned} epochs its run planned; pass --epochs N "
+                f"{where} has trained all {planned} epoch(s) its run planned; pass --epochs N "
                 "to train N more"
             )
     s = _TrainSettings(
@@ -546,7 +546,7 @@ def _flag_text(value: Any) -> str:
     return str(value)
 
 
-def _make_optimizer(s: _TrainSettings, given: dict[str, Any]) -> Any:
+def _make_optimizer(s: _TrainSettings, given: dict[str, Any], ckpt: Any) -> Any:
     from .optim import make_optimizer, optimizer_from_config
 
     takes_momentum = s.optimizer in ("momentum", "nesterov")
@@ -555,11 +555,10 @@ def _make_optimizer(s: _TrainSettings, given: dict[str, Any]) -> Any:
             f"--momentum applies to the momentum and nesterov optimizers, not {s.optimizer}"
         )
     if s.optimizer_config is not None:  # resuming: the saved settings, overridden by flags
-        config = dict(s.optimizer_config)
-        for key in ("lr", "momentum", "weight_decay"):
-            if key in given:
-                config[key] = given[key]
-        return optimizer_from_config(config)
+        overrides = {k: given[k] for k in ("lr", "momentum", "weight_decay") if k in given}
+        if not overrides:
+            return ckpt.optimizer()
+        return optimizer_from_config({**s.optimizer_config, **overrides})
     options: dict[str, Any] = {"weight_decay": given.get("weight_decay", 0.0)}
     if takes_momentum:
         options["momentum"] = given.get("momentum", TRAIN_DEFAULTS["momentum"])
@@ -635,7 +634,7 @@ def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
     s = _resolve(args, ckpt, model)
     given = {k: v for k, v in vars(args).items() if v is not None}
     _check_schedule_flags(s, given)
-    opt = _make_optimizer(s, given)
+    opt = _make_optimizer(s, given, ckpt)
     if ckpt is not None and s.optimizer_config is not None:
         opt.load_state_arrays(model.backend, ckpt.optimizer_state, model.dtype)
     if args.early_stopping and s.val_fraction == 0:

@@ -189,7 +189,7 @@ def test_cli_resume_refuses_changes_to_the_run(tmp_path, npz_data, capsys):
         (["--activation", "tanh"], "--activation tanh differs"),
         (["--optimizer", "adam"], "--optimizer adam differs"),
         (["--seed", "9"], "--seed 9 differs"),
-        ([], "finished the 1 epochs"),
+        ([], "trained all 1 epoch(s)"),
     ]
     for flags, message in cases:
         capsys.readouterr()
