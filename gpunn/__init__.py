@@ -24,7 +24,7 @@ from .errors import (
 )
 from .io import load
 from .network import Network
-from .optim import SGD, Adam, Momentum, Optimizer
+from .optim import SGD, Adam, Momentum, Nesterov, Optimizer
 from .train import Callback, EarlyStopping, History
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "InputTypeError",
     "ModelFileError",
     "Momentum",
+    "Nesterov",
     "Network",
     "Ops",
     "Optimizer",

@@ -71,15 +71,13 @@ class Checkpoint:
 
     def optimizer(self) -> Optimizer | None:
         """The saved optimizer with its settings, or None if the file has none."""
-        from .optim import make_optimizer
+        from .optim import optimizer_from_config
 
         config = dict(self.meta.get("optimizer") or {})
         if not config:
             return None
-        name = config.pop("name")
-        lr = config.pop("lr")
         try:
-            return make_optimizer(name, lr, **config)
+            return optimizer_from_config(config)
         except (GpunnError, TypeError) as exc:
             raise ModelFileError(
                 f"the model file's optimizer settings are invalid: {exc}"

@@ -70,13 +70,26 @@ class Optimizer:
         )
         self.steps = 0
 
-    def step(self, ops: Ops, params: Array, grads: Array) -> None:
-        """Apply one update to ``params`` from ``grads`` (both flat device buffers)."""
+    def gradient_scale(self) -> float:
+        """A factor the training loop may fold into δ^(L), and so into every gradient, before
+        calling ``step(..., prescaled=True)``: 1 here, the learning rate for plain SGD."""
+        return 1.0
+
+    def step(self, ops: Ops, params: Array, grads: Array, prescaled: bool = False) -> None:
+        """Apply one update to ``params`` from ``grads`` (both flat device buffers); with
+        ``prescaled``, ``grads`` already carry the factor :meth:`gradient_scale`."""
         self.steps += 1
-        self.update(ops, params, grads)
+        if prescaled:
+            self.update_prescaled(ops, params, grads)
+        else:
+            self.update(ops, params, grads)
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
         raise NotImplementedError
+
+    def update_prescaled(self, ops: Ops, params: Array, grads: Array) -> None:
+        """The update from gradients multiplied by :meth:`gradient_scale` (1: the same)."""
+        self.update(ops, params, grads)
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         """State to checkpoint, as host arrays (empty before the first step)."""
@@ -111,6 +124,14 @@ class SGD(Optimizer):
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
         ops.sgd_update(params, grads, self.lr, self.weight_decay)
+
+    def gradient_scale(self) -> float:
+        """η: with the learning rate folded into δ^(L), backprop yields η∇C directly and the
+        update is θ ← θ − (η∇C + ηλθ), one pass over the parameters fewer."""
+        return self.lr
+
+    def update_prescaled(self, ops: Ops, params: Array, grads: Array) -> None:
+        ops.sgd_update(params, grads, 1.0, self.lr * self.weight_decay)
 
 
 class _Stateful(Optimizer):

@@ -248,7 +248,7 @@ def run_epoch(
     cost[...] = 0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        scale = 1.0 / (stop - start)
+        scale = opt.gradient_scale() / (stop - start)  # 1/m, and η where that is exact
         if comm is not None:
             start, stop = shard_rows(start, stop, comm.rank, comm.size)
         rows = stop - start
@@ -269,7 +269,7 @@ def run_epoch(
             net.grads[...] = 0
         if comm is not None:
             comm.allreduce_sum(net.grads)
-        opt.step(ops, net.params, net.grads)
+        opt.step(ops, net.params, net.grads, prescaled=True)
     if comm is not None:
         comm.allreduce_sum(cost)
     return cost
