@@ -661,10 +661,6 @@ def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
                 f"classes; the model in {args.resume} takes {net.sizes[0]} features and "
                 f"{net.sizes[-1]} outputs"
             )
-    if comm is not None and comm.size > 1:
-        from .distributed import verify_replicas
-
-        verify_replicas(comm, net, len(dataset.y_train), s.batch_size, s.seed)
 
     from .optim import make_schedule
 
