@@ -152,7 +152,7 @@ class Network:
         self.seed = validation.check_positive_int("seed", seed, minimum=0)
         self.backend: Ops = get_backend(backend)
 
-        shapes = [(n_out, n_in) for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]
+        shapes = [(n_out, n_in) for n_in, n_out in itertools.pairwise(self.sizes)]
         self.n_params = sum(n_out * n_in + n_out for n_out, n_in in shapes)
         self.params = self.backend.zeros(self.n_params, self.dtype)
         self.grads = self.backend.zeros(self.n_params, self.dtype)
@@ -174,11 +174,11 @@ class Network:
         """Host NumPy copies [(W, b), ...], W of shape (n_out, n_in)."""
         host = self.backend.to_host(self.params)
         W, b = _layer_views(host, [w.shape for w in self.weights])
-        return list(zip(W, b))
+        return list(zip(W, b, strict=True))
 
     def set_params(self, params: Sequence[tuple[Any, Any]]) -> None:
         """Copy [(W, b), ...] (host or device arrays) into the network's parameters."""
-        shapes = [(W.shape, b.shape) for W, b in zip(self.weights, self.biases)]
+        shapes = [(W.shape, b.shape) for W, b in zip(self.weights, self.biases, strict=True)]
         for l, (W, b) in enumerate(validation.check_params(params, shapes)):
             self.weights[l][...] = self.backend.asarray(W, dtype=self.dtype)
             self.biases[l][...] = self.backend.asarray(b, dtype=self.dtype)
@@ -208,7 +208,7 @@ class Network:
         ops = self.backend
         A = X
         last = self.n_layers - 1
-        for l, (W, b) in enumerate(zip(self.weights, self.biases)):
+        for l, (W, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if l < last:
                 A = ops.layer_forward(A, W, b, self.activation, out=ws.A[l])
             else:
@@ -318,7 +318,7 @@ class Network:
         self.backprop(Xd, Yd, ws, scale=1.0 / Xd.shape[0])
         host = self.backend.to_host(self.grads)
         dW, db = _layer_views(host, [w.shape for w in self.weights])
-        return list(zip(dW, db))
+        return list(zip(dW, db, strict=True))
 
     def fit(self, X: Any, Y: Any, **options: Any) -> History:
         """Train by mini-batch SGD; see :func:`gpunn.train.fit` for the options."""
@@ -364,7 +364,9 @@ def _layer_views(flat: Array, shapes: Sequence[tuple[int, int]]) -> tuple[list[A
     return weights, biases
 
 
-def initial_params(sizes: Sequence[int], init: str, seed: int) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+def initial_params(
+    sizes: Sequence[int], init: str, seed: int
+) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
     """Initial (W, b) per layer, drawn on the host so that every backend starts the same.
 
     normal: W ~ N(0, 1/n_in), the article's small random weights; glorot: W ~ U(±√(6/(n_in+n_out)));
@@ -372,7 +374,7 @@ def initial_params(sizes: Sequence[int], init: str, seed: int) -> list[tuple[num
     """
     rng = numpy.random.default_rng(seed)
     params = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in itertools.pairwise(sizes):
         if init == "glorot":
             limit = math.sqrt(6.0 / (n_in + n_out))
             W = rng.uniform(-limit, limit, size=(n_out, n_in))

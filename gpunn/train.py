@@ -206,7 +206,10 @@ def fit(
                 "samples_per_second": n / seconds if seconds > 0 else math.inf,
             }
             if val is not None:
-                metrics = evaluate_distributed(net, *val, comm) if distributed else net.evaluate_device(*val)
+                if distributed:
+                    metrics = evaluate_distributed(net, *val, comm)
+                else:
+                    metrics = net.evaluate_device(*val)
                 record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
             history.append(record)
             _show(bar, record)

@@ -142,7 +142,7 @@ def manual_sgd(net, X, Y, epochs, batch_size, lr, order_of_epoch):
             rows = order[start : start + batch_size]
             grads = net.gradients(X[rows], Y[rows])
             net.set_params([(W - lr * dW, b - lr * db)
-                            for (W, b), (dW, db) in zip(net.get_params(), grads)])
+                            for (W, b), (dW, db) in zip(net.get_params(), grads, strict=True)])
     return net.get_params()
 
 
@@ -157,14 +157,15 @@ def test_fit_is_minibatch_sgd_with_the_last_batch_averaged_over_its_own_size(shu
     ops = get_backend("numpy")
     order = (lambda e: ops.permutation(23, 9, e)) if shuffle else (lambda e: np.arange(23))
     expected = manual_sgd(gpunn.Network([4, 6, 3], **kwargs), X, y, 3, 5, 0.3, order)
-    for (W, b), (We, be) in zip(fitted.get_params(), expected):
+    for (W, b), (We, be) in zip(fitted.get_params(), expected, strict=True):
         np.testing.assert_allclose(W, We, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(b, be, rtol=1e-10, atol=1e-12)
 
 
 def test_permutation_is_a_seeded_shuffle_that_changes_every_epoch():
     ops = get_backend("numpy")
-    first, again, second = ops.permutation(1000, 7, 0), ops.permutation(1000, 7, 0), ops.permutation(1000, 7, 1)
+    first, again = ops.permutation(1000, 7, 0), ops.permutation(1000, 7, 0)
+    second = ops.permutation(1000, 7, 1)
     assert sorted(first.tolist()) == list(range(1000))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, second)
@@ -183,7 +184,7 @@ def test_same_seed_same_run_and_other_seed_other_run():
 
     (p1, l1), (p2, l2), (p3, _) = run(1), run(1), run(2)
     assert l1 == l2
-    for (W1, _), (W2, _), (W3, _) in zip(p1, p2, p3):
+    for (W1, _), (W2, _), (W3, _) in zip(p1, p2, p3, strict=True):
         np.testing.assert_array_equal(W1, W2)
         assert not np.array_equal(W1, W3)
 

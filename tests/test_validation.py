@@ -340,7 +340,8 @@ def test_cupy_absent(fresh_backends):
     "failure, fragments",
     [
         (CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient "
-                          "for CUDA runtime version"), ["driver is missing or too old", "update the driver"]),
+                          "for CUDA runtime version"),
+         ["driver is missing or too old", "update the driver"]),
         (CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"),
          ["no NVIDIA GPU"]),
         (OSError("libcuda.so.1: cannot open shared object file"), ["driver is missing"]),

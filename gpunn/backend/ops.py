@@ -78,7 +78,9 @@ class Ops:
     def forget_steps(self) -> None:
         """Drop recorded steps, whose buffers were replaced (nothing is recorded here)."""
 
-    def memory_guard(self, what: str, rows: int, nbytes: int) -> contextlib.AbstractContextManager[Any]:
+    def memory_guard(
+        self, what: str, rows: int, nbytes: int
+    ) -> contextlib.AbstractContextManager[Any]:
         """Turn the device's out-of-memory error into DeviceMemoryError naming ``rows`` and
         ``nbytes`` (on the CPU, MemoryError is left as it is)."""
         return contextlib.nullcontext()
