@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from gradcheck import numerical_gradients
 
 import gpunn
 from gpunn.backend import get_backend
@@ -18,28 +19,6 @@ HEADS = (  # (output, loss)
     ("softmax", "cross_entropy"),
     ("sigmoid", "cross_entropy"),
 )
-
-
-def numerical_gradients(net, X, Y, eps=1e-6):
-    """Central differences of net.loss with respect to every weight and bias."""
-    params = net.get_params()
-    grads = []
-    for l, (W, b) in enumerate(params):
-        pair = []
-        for which, array in ((0, W), (1, b)):
-            numeric = np.zeros_like(array)
-            for index in np.ndindex(array.shape):
-                values = []
-                for sign in (1, -1):
-                    shifted = [(w.copy(), c.copy()) for w, c in params]
-                    shifted[l][which][index] += sign * eps
-                    net.set_params(shifted)
-                    values.append(net.loss(X, Y))
-                numeric[index] = (values[0] - values[1]) / (2 * eps)
-            pair.append(numeric)
-        grads.append(tuple(pair))
-    net.set_params(params)
-    return grads
 
 
 def relative_error(analytic, numeric):
