@@ -2,8 +2,9 @@
 # One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
 #   scripts/gpu_check.sh OUTDIR
 # run from anywhere; works from the repository root with PYTHONPATH=. Writes into OUTDIR:
-#   nvidia-smi.txt, info.txt, tests-gpu.log, tests-all.log, benchmarks-smoke.log,
-#   bench-<gpu>-<date>.{json,png,log}, summary.txt
+#   summary.txt (with nvidia-smi), info.txt, tests-gpu.log, tests-all.log,
+#   benchmarks-smoke.log, bench-<gpu>-<date>.{json,png,log}: 8 files at most, so that a
+#   remote runner that returns a limited number of files gets them all
 # Each part is time-boxed so the whole script stays under 9 minutes. torch and mlxtend are
 # optional: their tests and peers are skipped with a reason where missing.
 set -u -o pipefail
@@ -41,8 +42,7 @@ run() {
 note "gpunn GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 if command -v nvidia-smi > /dev/null 2>&1; then
-    timeout 30 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-    cat "$OUT/nvidia-smi.txt"
+    timeout 30 nvidia-smi 2>&1 | tee -a "$SUMMARY"
     GPU_NAME="$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
 else
     note "nvidia-smi not found"
@@ -87,7 +87,7 @@ if [ ! -s "$BASE.json" ]; then
     note "no JSON from the full run; trying a quick GPU-only run"
     LEFT2=$(( 535 - $(elapsed) ))
     if [ "$LEFT2" -gt 30 ]; then
-        run bench-quick "$LEFT2" "$BASE-quick.log" "$PY" -m gpunn.bench --backends cupy \
+        run bench-quick "$LEFT2" "$BASE.log" "$PY" -m gpunn.bench --backends cupy \
             --quick --json "$BASE.json" --plot "$BASE.png"
     fi
 fi
