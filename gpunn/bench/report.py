@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..io import atomic_write
 
 _ORDER = {"gpunn": 0, "torch-eager": 1, "torch-cuda-graph": 2, "per-sample": 3}
 
@@ -84,30 +85,18 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
-def _atomic_target(path: str | os.PathLike[str]) -> tuple[Path, str]:
+def _write_atomically(path: str | os.PathLike[str], write: Any) -> Path:
+    """``write(binary file)`` to ``path`` through :func:`gpunn.io.atomic_write`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    return path, tmp
+    atomic_write(path, write)
+    return path
 
 
 def write_json(results: dict | list, path: str | os.PathLike[str]) -> Path:
-    """Write ``results`` as JSON: to a temporary file beside ``path``, then os.replace."""
-    path, tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1, default=_default, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``results`` as JSON, atomically (temporary file, then rename)."""
+    text = json.dumps(results, indent=1, default=_default, allow_nan=True) + "\n"
+    return _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def read_json(path: str | os.PathLike[str]) -> dict:
@@ -163,14 +152,10 @@ def plot(results: dict | list, path: str | os.PathLike[str]) -> Path:
         title += f" — {cpu}" + (f" / {gpu}" if gpu else "")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path, tmp = _atomic_target(path)
+    image_format = Path(path).suffix.lstrip(".") or "png"
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return _write_atomically(
+            path, lambda handle: fig.savefig(handle, format=image_format, dpi=110)
+        )
     finally:
         plt.close(fig)
-    return path
