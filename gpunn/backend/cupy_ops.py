@@ -145,9 +145,23 @@ class CupyOps(Ops):
     @contextlib.contextmanager
     def stream_scope(self) -> Iterator[None]:
         """Make the backend's stream current, e.g. for a whole ``fit``: then the gathers, the
-        steps and the updates queue on one stream and need no cross-stream ordering."""
-        with self.stream:
+        steps and the updates queue on one stream and need no cross-stream ordering.
+
+        The stream is non-blocking (it does not wait for the legacy default stream), so it is
+        ordered explicitly: after the work queued before the scope (the data copied to the
+        device, its one-hot encoding, the initial weights) and before the work queued after.
+        """
+        stream = self.stream
+        outer = cupy.cuda.get_current_stream()
+        if outer == stream:
             yield
+            return
+        stream.wait_event(outer.record())
+        try:
+            with stream:
+                yield
+        finally:
+            outer.wait_event(stream.record())
 
     def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
         """What ``fit`` enters around its epochs: the backend's stream made current."""
