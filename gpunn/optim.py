@@ -91,6 +91,12 @@ class Optimizer:
         """The update from gradients multiplied by :meth:`gradient_scale` (1: the same)."""
         self.update(ops, params, grads)
 
+    def replay_key(self, ops: Ops) -> Any:
+        """What :meth:`update_prescaled` reads besides θ and ∇C, as a hashable value, when a
+        recorded step (a CUDA graph) may contain the update; None when it may not because
+        the update depends on values that change every step (Adam's bias correction)."""
+        return None
+
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         """State to checkpoint, as host arrays (empty before the first step)."""
         return {"steps": numpy.asarray(self.steps, dtype=numpy.int64)} if self.steps else {}
@@ -132,6 +138,9 @@ class SGD(Optimizer):
 
     def update_prescaled(self, ops: Ops, params: Array, grads: Array) -> None:
         ops.sgd_update(params, grads, 1.0, self.lr * self.weight_decay)
+
+    def replay_key(self, ops: Ops) -> Any:
+        return ("sgd", self.lr * self.weight_decay)
 
 
 class _Stateful(Optimizer):
@@ -204,6 +213,11 @@ class Momentum(_Stateful):
         ops.momentum_update(
             params, grads, velocity, self.lr, self.momentum, self.nesterov, self.weight_decay
         )
+
+    def replay_key(self, ops: Ops) -> Any:
+        velocity = self.state.get("velocity")
+        where = None if velocity is None else ops.address(velocity)
+        return ("momentum", self.lr, self.momentum, self.nesterov, self.weight_decay, where)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "momentum": self.momentum}

@@ -239,14 +239,16 @@ def run_epoch(
     global batch of m rows, scaled by 1/m, and an allreduce sums the shares: every rank then
     holds the gradient averaged over the whole batch and applies the same update.
 
-    Each step runs through ``ops.run_step``, which may record it once and replay it (CUDA
-    graphs): a step therefore reads its batch from the workspace's fixed buffers and adds its
-    cost into a buffer that lives as long as the network.
+    A step (the gather of a shuffled batch, feedforward, backpropagation and, where nothing
+    must come between, the update) runs through ``ops.run_step``, which may record it once and
+    replay it (CUDA graphs). It therefore works on fixed buffers only: the batch's indices or
+    rows are copied into the workspace first, the cost adds into a buffer that lives as long
+    as the network, and the key names everything the recording depends on.
     """
     ops = net.backend
     n = Xd.shape[0]
     order = ops.permutation(n, seed, epoch) if shuffle else None
-    fixed_buffers = ops.replays_steps
+    recorded = ops.replays_steps
     cost = net.epoch_cost
     cost[...] = 0
     for start in range(0, n, batch_size):
@@ -255,34 +257,62 @@ def run_epoch(
         if comm is not None:
             start, stop = shard_rows(start, stop, comm.rank, comm.size)
         rows = stop - start
+        # the update joins the step unless an allreduce must come between them, or it reads
+        # values that change every step and so cannot be recorded
+        update_key = None if comm is not None else opt.replay_key(ops) if recorded else True
+        if update_key is not None:
+            opt.steps += 1  # counted here: the update runs inside the step
         if rows > 0:
             ws = net.workspace(rows)
             if order is not None:
-                X = ops.gather_rows(Xd, order[start:stop], out=ws.X)
-                Y = ops.gather_rows(Yd, order[start:stop], out=ws.Y)
-            elif fixed_buffers:
+                index = order[start:stop]
+                if recorded:
+                    index = ops.copy_into(ws.index, index)
+                X, Y = ws.X, ws.Y
+            elif recorded:
                 X, Y = ops.copy_into(ws.X, Xd[start:stop]), ops.copy_into(ws.Y, Yd[start:stop])
+                index = None
             else:
-                X, Y = Xd[start:stop], Yd[start:stop]
-            ops.run_step(
-                ("train", ws.serial, scale),
-                lambda X=X, Y=Y, ws=ws, scale=scale: _gradient_step(net, X, Y, ws, scale, cost),
-            )
+                X, Y, index = Xd[start:stop], Yd[start:stop], None
+            step = _training_step(net, opt, Xd, Yd, index, X, Y, ws, scale, update_key is not None)
+            if recorded:
+                key = (ws.serial, scale, update_key)
+                if index is not None:  # the recorded gather reads Xd and Yd where they are now
+                    key += (ops.address(Xd), ops.address(Yd), Xd.shape, Yd.shape)
+                ops.run_step(key, step)
+            else:
+                step()
         else:
             net.grads[...] = 0
-        if comm is not None:
-            comm.allreduce_sum(net.grads)
-        opt.step(ops, net.params, net.grads, prescaled=True)
+        if update_key is None:
+            if comm is not None:
+                comm.allreduce_sum(net.grads)
+            opt.step(ops, net.params, net.grads, prescaled=True)
     if comm is not None:
         comm.allreduce_sum(cost)
     return cost
 
 
-def _gradient_step(net: Network, X: Any, Y: Any, ws: Any, scale: float, cost: Any) -> None:
-    """Feedforward, add the batch's cost to ``cost``, and backpropagate into ``net.grads``."""
-    net.feedforward(X, ws)
-    net.add_cost(Y, ws, cost)
-    net.backprop(X, Y, ws, scale)
+def _training_step(
+    net: Network, opt: Optimizer, Xd: Any, Yd: Any, index: Any, X: Any, Y: Any, ws: Any,
+    scale: float, with_update: bool,
+) -> Callable[[], None]:
+    """One step as a closure over fixed buffers: gather the batch (when ``index`` is given),
+    feedforward, add its cost to ``net.epoch_cost``, backpropagate, and (``with_update``)
+    update the parameters. A backend may record it once and replay it."""
+    ops = net.backend
+
+    def step() -> None:
+        if index is not None:
+            ops.gather_rows(Xd, index, out=X)
+            ops.gather_rows(Yd, index, out=Y)
+        net.feedforward(X, ws)
+        net.add_cost(Y, ws, net.epoch_cost)
+        net.backprop(X, Y, ws, scale)
+        if with_update:
+            opt.update_prescaled(ops, net.params, net.grads)
+
+    return step
 
 
 def shard_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:

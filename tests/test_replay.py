@@ -86,3 +86,20 @@ def test_two_networks_on_one_backend_replay_their_own_steps():
     first, second = train(ops, seed=3), train(ops, seed=4)  # same shapes, same step sizes
     assert_same_training(first, train("numpy", seed=3))
     assert_same_training(second, train("numpy", seed=4))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_second_fit_on_other_data_replays_with_that_data(shuffle):
+    rng = np.random.default_rng(1)
+    first, second = [(rng.normal(size=(40, 6)), rng.integers(0, 4, 40)) for _ in range(2)]
+
+    def two_fits(backend):
+        net = gpunn.Network([6, 9, 4], output="softmax", loss="cross_entropy",
+                            backend=backend, dtype="float64", seed=3)
+        for X, y in (first, second):
+            net.fit(X, y, epochs=2, batch_size=8, lr=0.2, shuffle=shuffle, progress=False)
+        return net.get_params()
+
+    for (W, b), (We, be) in zip(two_fits(ReplayOps()), two_fits("numpy"), strict=True):
+        np.testing.assert_allclose(W, We, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b, be, rtol=1e-12, atol=1e-14)

@@ -195,6 +195,9 @@ class CupyOps(Ops):
             return array.copy()
         return array.get()
 
+    def address(self, array: Array) -> int:
+        return array.data.ptr
+
     def copy_into(self, out: Array, source: Array) -> Array:
         """out[...] = source: an asynchronous device-to-device copy where both are contiguous."""
         if (

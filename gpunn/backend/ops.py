@@ -49,6 +49,10 @@ class Ops:
         self.host_transfers += 1
         return numpy.array(array, copy=True)
 
+    def address(self, array: Array) -> int:
+        """Where the array's data starts in the device's memory (a recorded step's identity)."""
+        return array.__array_interface__["data"][0]
+
     def is_device_array(self, array: Any) -> bool:
         return isinstance(array, self.xp.ndarray)
 
