@@ -245,6 +245,15 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
         help="where the arrays live: numpy (CPU), cupy (NVIDIA GPU) or auto (the GPU when one "
         "works here; env GPUNN_BACKEND) [auto]",
     )
+    _add_tf32(parser)
+
+
+def _add_tf32(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tf32", action="store_true",
+        help="GPU: float32 matrix products on tensor cores in TensorFloat-32 (faster, products "
+        "rounded to a 10-bit mantissa; env GPUNN_TF32=1)",
+    )
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -338,6 +347,7 @@ def _add_bench(p: argparse.ArgumentParser, command: str | None) -> None:
         p.set_defaults(bench_unavailable=f"gpunn bench is not available here: {exc}")
         return
     bench.add_arguments(p)
+    _add_tf32(p)
     if not any("--quiet" in action.option_strings for action in p._actions):
         p.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -1013,6 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(_command_of(argv))
         args = parser.parse_args(argv)
+        if getattr(args, "tf32", False):  # read when the CuPy backend is created
+            os.environ["GPUNN_TF32"] = "1"
         return int(args.run(args) or 0)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

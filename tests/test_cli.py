@@ -248,6 +248,14 @@ def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys):
     assert len(err) == 1 and "RuntimeError: boom" in err[0] and "--debug" in err[0]
 
 
+def test_tf32_flag_reaches_the_gpu_backend_through_its_variable(monkeypatch, capsys):
+    monkeypatch.setenv("GPUNN_TF32", "0")  # so that the test's end restores the variable
+    args = ["train", "--data", "iris", "--epochs", "1", "--backend", "numpy", "--quiet", "--tf32"]
+    assert cli.main(args) == 0
+    assert os.environ.get("GPUNN_TF32") == "1"  # what CupyOps reads when it is created
+    assert "test accuracy" in capsys.readouterr().out
+
+
 def test_evaluate_and_predict_in_process_on_npz_data(tmp_path, capsys):
     """Early stopping, the sigmoid/mse network of the article, evaluate --split all."""
     rng = np.random.default_rng(2)
