@@ -77,17 +77,14 @@ QUICK=""
 if [ "$LEFT" -lt 300 ]; then QUICK="--quick"; fi
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
 note "bench gets ${LEFT}s ${QUICK:-(full sweep)}"
-# gpunn.cli when it has the bench command, else the same code through python -m gpunn.bench;
 # cupy first, so that the GPU numbers exist even if the time budget cuts the CPU part short
-if "$PY" -m gpunn.cli bench --help > /dev/null 2>&1; then BENCH=(-m gpunn.cli bench); \
-else BENCH=(-m gpunn.bench); note "gpunn.cli bench unavailable; using python -m gpunn.bench"; fi
-run bench "$LEFT" "$BASE.log" "$PY" "${BENCH[@]}" --backends cupy,numpy $QUICK \
+run bench "$LEFT" "$BASE.log" "$PY" -m gpunn bench --backends cupy,numpy $QUICK \
     --time-budget $(( LEFT - 45 )) --json "$BASE.json" --plot "$BASE.png"
 if [ ! -s "$BASE.json" ]; then
     note "no JSON from the full run; trying a quick GPU-only run"
     LEFT2=$(( 535 - $(elapsed) ))
     if [ "$LEFT2" -gt 30 ]; then
-        run bench-quick "$LEFT2" "$BASE.log" "$PY" -m gpunn.bench --backends cupy \
+        run bench-quick "$LEFT2" "$BASE.log" "$PY" -m gpunn bench --backends cupy \
             --quick --json "$BASE.json" --plot "$BASE.png"
     fi
 fi
