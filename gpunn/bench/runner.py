@@ -302,6 +302,8 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
             if checkpoint is not None:
                 _finish_rows(rows, gemm)
                 checkpoint(results)
+        if ceiling:  # again after the sweep: the higher median is what the hardware can do
+            _remeasure_ceiling(gemm, backend, n_gemm, repeats, seed, say)
         over = time_budget is not None and time.perf_counter() - t_start > time_budget
         if peers and backend == "numpy" and not over:
             _per_sample_rows(cfgs, rows, target, repeats, seed, say)
@@ -310,6 +312,21 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
     _finish_rows(rows, gemm)
     results["elapsed_s"] = time.perf_counter() - t_start
     return results
+
+
+def _remeasure_ceiling(gemm: dict, backend: str, n: int, repeats: int, seed: int,
+                       say: Any) -> None:
+    """Measure the GEMM ceiling once more and keep the higher median of the two, noting both:
+    on a shared machine either measurement may have met a busy neighbour."""
+    try:
+        again = C.backend_gemm(backend, n, repeats=repeats, seed=seed)
+    except Exception:  # the first measurement stands
+        return
+    first = gemm[backend]
+    both = [first["gflops"], again["gflops"]]
+    gemm[backend] = {**(again if both[1] > both[0] else first), "measured_gflops": both}
+    say(f"[bench] {backend} float32 GEMM {n} again: {both[1]:.1f} GFLOP/s "
+        f"(ceiling {max(both):.1f})")
 
 
 def _per_sample_rows(cfgs: Sequence[BenchConfig], rows: list[dict], target: float,
