@@ -307,5 +307,10 @@ class Ops:
         return (labels[:, None] == xp.arange(n_classes)[None, :]).astype(dtype)
 
     def all_finite(self, array: Array) -> Array:
-        """A 0-d device boolean: no NaN or infinity in the array (read back by the caller)."""
-        return self.xp.isfinite(array).all()
+        """A 0-d device boolean: no NaN or infinity in the array (read back by the caller).
+
+        Checked through the sum, which any NaN or infinity makes non-finite, so that no
+        array-sized mask is made. The sum itself overflows only when entries average beyond
+        about 1e31 in float32: the network has diverged then too.
+        """
+        return self.xp.isfinite(self.xp.sum(array))

@@ -374,8 +374,9 @@ def gemm_gflops(matmul: Callable[[], Any], n: int, timer: Timer, repeats: int = 
             "timer": m.timer, "dtype": "float32"}
 
 
-def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0) -> dict:
-    """The float32 GEMM rate of a gpunn backend (``xp.matmul`` into a preallocated output)."""
+def backend_matmul(backend_name: str, n: int, seed: int = 0) -> tuple[Callable[[], Any], Timer]:
+    """An n x n x n float32 product on a gpunn backend (``xp.matmul`` into a preallocated
+    output), with the timer for that backend: the GEMM ceiling's unit of work."""
     from gpunn.backend import get_backend
 
     be = get_backend(backend_name)
@@ -383,16 +384,14 @@ def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0) -> 
     A = be.asarray(rng.random((n, n), dtype=np.float32))
     B = be.asarray(rng.random((n, n), dtype=np.float32))
     C = be.asarray(np.empty((n, n), dtype=np.float32))
-    xp = getattr(be, "xp", None)
+    return (lambda: be.xp.matmul(A, B, out=C)), backend_timer(be)
 
-    def matmul() -> None:
-        if xp is not None:
-            xp.matmul(A, B, out=C)
-        else:
-            _ = A @ B
 
-    out = gemm_gflops(matmul, n, backend_timer(be), repeats)
-    out["library"] = getattr(xp, "__name__", backend_name)
+def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0) -> dict:
+    """The float32 GEMM rate of a gpunn backend."""
+    matmul, timer = backend_matmul(backend_name, n, seed)
+    out = gemm_gflops(matmul, n, timer, repeats)
+    out["library"] = backend_name
     return out
 
 

@@ -28,6 +28,7 @@ CPU_SWEEP_QUICK: tuple[int, ...] = ()  # --quick on the CPU: each configuration'
 #: seconds of work one timed repeat aims at
 TARGET_S = {False: 0.25, True: 0.06}
 MAX_STEPS = 20000
+MIN_STEPS = 3  # per timed repeat (not with --quick)
 #: host bytes of synthetic X per model (the data every contender shares)
 DATA_BYTES = {"cpu": 48 * 2**20, "gpu": 192 * 2**20}
 
@@ -114,7 +115,7 @@ def _finish_rows(rows: list[dict], gemm: dict) -> None:
     for r in rows:
         if r["status"] != "ok":
             continue
-        ceiling = (gemm.get(r["backend"]) or {}).get("gflops")
+        ceiling = r.get("cell_gemm_gflops") or (gemm.get(r["backend"]) or {}).get("gflops")
         r["pct_gemm"] = 100.0 * r["gflops"] / ceiling if ceiling else None
         t = torch_sps.get((r["backend"], r["config"], r["batch"]))
         r["ratio_to_torch"] = r["samples_per_s"] / t if t else None
@@ -131,19 +132,22 @@ def _data_for(cache: dict, cfg: BenchConfig, device: str, seed: int,
 
 
 def _calibrate(c: C.Contender, cfg: BenchConfig, target_s: float, n_data: int,
-               ceiling_gflops: float | None) -> int:
-    """Steps per repeat so that the first contender's repeat lasts about ``target_s``."""
+               ceiling_gflops: float | None, min_steps: int = 1) -> int:
+    """Steps per repeat so that the first contender's repeat lasts about ``target_s``, and
+    at least ``min_steps``: a repeat is one short epoch, and its once-per-epoch work (the
+    divergence check, reading the loss back) is not part of a step's throughput."""
     if ceiling_gflops:
         est = cfg.flops_per_sample * cfg.batch / (ceiling_gflops * 1e9)
-        if est * 3 > target_s:  # a step is long: one step (no calibration run needed)
-            return C.canonical_steps(max(1, math.floor(target_s / est)), cfg.batch, n_data)
+        if est * 3 > target_s:  # a step is long: no calibration run needed
+            steps = max(min_steps, math.floor(target_s / est))
+            return C.canonical_steps(steps, cfg.batch, n_data)
     probe = C.canonical_steps(4, cfg.batch, n_data)
     c.run(probe)  # first call: allocation, graph capture...
     timer = HostTimer(getattr(c.timer, "sync", None))
     timer.start()
     c.run(probe)
     per_step = max(timer.stop() / probe, 1e-7)
-    steps = int(min(MAX_STEPS, max(1, round(target_s / per_step))))
+    steps = int(min(MAX_STEPS, max(min_steps, round(target_s / per_step))))
     return C.canonical_steps(steps, cfg.batch, n_data)
 
 
@@ -191,6 +195,7 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     target = float(target_s) if target_s else TARGET_S[bool(quick)]
+    min_steps = 1 if quick else MIN_STEPS
 
     machine = machine_info()
     results: dict[str, Any] = {
@@ -231,6 +236,9 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
             except C.Skip as exc:
                 skipped[("torch", backend)] = str(exc)
         ceiling = gemm[backend].get("gflops")
+        # the same product again, timed in turn with the contenders of every cell, so that
+        # "% of the GEMM ceiling" compares two rates measured in the same moments
+        matmul, matmul_timer = C.backend_matmul(backend, n_gemm, seed) if ceiling else (None, None)
 
         cells = plan_cells(cfgs, backend, sizes, quick)
         if not cells:
@@ -272,14 +280,14 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
             if not built:
                 continue
             try:
-                steps = _calibrate(built[0], cfg, target, len(data), ceiling)
+                steps = _calibrate(built[0], cfg, target, len(data), ceiling, min_steps)
             except Exception as exc:
                 rows.append(_row(cfg, backend, built[0].name, None, status="error",
                                  reason=f"{type(exc).__name__}: {exc}"))
                 built = built[1:]
                 if not built:
                     continue
-                steps = _calibrate(built[0], cfg, target, len(data), ceiling)
+                steps = _calibrate(built[0], cfg, target, len(data), ceiling, min_steps)
             ready = []
             for c in built:  # warm-up: one untimed repeat each
                 try:
@@ -290,12 +298,17 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                                      reason=f"{type(exc).__name__}: {exc}"))
             if not ready:
                 continue
-            ms = measure_interleaved([partial(c.run, steps) for c in ready],
-                                     [c.timer for c in ready], steps=steps, batch=cfg.batch,
-                                     warmup=0, repeats=repeats)
+            fns, timers = [partial(c.run, steps) for c in ready], [c.timer for c in ready]
+            if matmul is not None:
+                fns.append(matmul)
+                timers.append(matmul_timer)
+            ms = measure_interleaved(fns, timers, steps=steps, batch=cfg.batch, warmup=0,
+                                     repeats=repeats)
+            cell_gemm = 2.0 * n_gemm**3 / ms.pop().median / 1e9 if matmul is not None else None
             for c, m in zip(ready, ms, strict=True):
                 m.warmup = 1
                 rows.append(_row(cfg, backend, c.name, m, c.info))
+                rows[-1]["cell_gemm_gflops"] = cell_gemm
             say(f"[bench] {backend:5} {cfg.name:<12} B={cfg.batch:<5} steps={steps:<5} " +
                 "  ".join(f"{c.name} {m.samples_per_s:,.0f}/s" for c, m in zip(ready, ms,
                                                                               strict=True)))
