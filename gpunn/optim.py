@@ -255,13 +255,34 @@ class Adam(_Stateful):
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = validation.check_positive_float("eps", eps)
+        self._counter: Array | None = None
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
         m, v = self.buffers(ops, params)
         ops.adam_update(
-            params, grads, m, v, self.lr, self.beta1, self.beta2, self.eps, self.steps,
-            self.weight_decay,
+            params, grads, m, v, self.lr, self.beta1, self.beta2, self.eps,
+            self.step_counter(ops), self.weight_decay,
         )
+
+    def step_counter(self, ops: Ops) -> Array:
+        """t − 1 as a 0-d device integer that each update advances, so that an update
+        recorded once (a CUDA graph) still applies the bias correction of its own step.
+        ``steps`` (on the host, advanced by the caller before the update) stays equal to it."""
+        counter = self._counter
+        if counter is None or not ops.is_device_array(counter):
+            counter = self._counter = ops.asarray(numpy.int64(self.steps - 1))
+        return counter
+
+    def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
+        super().load_state_arrays(ops, arrays, dtype)
+        self._counter = None  # rebuilt from the restored step count
+
+    def replay_key(self, ops: Ops) -> Any:
+        if not self.state:
+            return None  # the first update creates the state: run it as it comes
+        buffers = (self.state["m"], self.state["v"], self.step_counter(ops))
+        settings = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+        return ("adam", *settings, *(ops.address(b) for b in buffers))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

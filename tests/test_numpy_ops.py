@@ -110,6 +110,22 @@ def test_updates(update, weight_decay, dtype):
     assert results[1].dtype == dtype
 
 
+@pytest.mark.parametrize("ops", [Ops(), NumpyOps()], ids=["reference", "numpy"])
+def test_adam_step_counter_on_the_device_gives_the_host_count_update(ops):
+    """A 0-d counter holding t − 1, advanced by the update, stands for t (recorded updates)."""
+    rng = np.random.default_rng(9)
+    by_count, by_counter = rng.normal(size=(2, 30)).astype(np.float32)
+    by_counter[...] = by_count
+    states = [[np.zeros(30, np.float32), np.zeros(30, np.float32)] for _ in range(2)]
+    counter = np.zeros((), np.int64)
+    for t in range(1, 4):
+        grads = rng.normal(size=30).astype(np.float32)
+        ops.adam_update(by_count, grads.copy(), *states[0], 0.01, 0.9, 0.999, 1e-8, t)
+        ops.adam_update(by_counter, grads.copy(), *states[1], 0.01, 0.9, 0.999, 1e-8, counter)
+        assert int(counter) == t
+    np.testing.assert_array_equal(by_counter, by_count)
+
+
 def test_gather_rows_matches_fancy_indexing():
     rng = np.random.default_rng(5)
     X = rng.normal(size=(20, 3))

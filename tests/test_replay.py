@@ -66,6 +66,7 @@ def test_replayed_steps_train_exactly_like_eager_steps(optimizer, shuffle):
     ops = ReplayOps()
     recorded = train(ops, optimizer, shuffle)
     assert ops.replays > 0  # the check below compares replayed training, not eager calls
+    assert any(key[2] is not None for key in ops.recorded)  # with the update recorded too
     assert_same_training(recorded, train("numpy", optimizer, shuffle))
 
 

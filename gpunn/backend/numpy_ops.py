@@ -169,9 +169,10 @@ class NumpyOps(Ops):
         beta1: float,
         beta2: float,
         eps: float,
-        step: int,
+        step: Any,
         weight_decay: float = 0.0,
     ) -> None:
+        step = self.advance_counter(step)
         if weight_decay:
             numpy.multiply(params, 1 - lr * weight_decay, out=params)
         numpy.multiply(m, beta1, out=m)

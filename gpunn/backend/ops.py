@@ -261,12 +261,17 @@ class Ops:
         beta1: float,
         beta2: float,
         eps: float,
-        step: int,
+        step: Any,
         weight_decay: float = 0.0,
     ) -> None:
         """Adam: m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η m̂ / (√v̂ + ε),
-        with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ); weight decay is decoupled (AdamW): θ ← θ − ηλθ."""
+        with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ); weight decay is decoupled (AdamW): θ ← θ − ηλθ.
+
+        ``step`` is t, or a 0-d integer device counter holding t − 1 that the update first
+        advances: a recorded (replayed) update then still sees the right t every step.
+        """
         xp = self.xp
+        step = self.advance_counter(step)
         if weight_decay:
             params *= 1 - lr * weight_decay
         m *= beta1
@@ -276,6 +281,12 @@ class Ops:
         step_size = lr / (1 - beta1**step)
         denom = xp.sqrt(v / (1 - beta2**step)) + eps
         params -= step_size * (m / denom)
+
+    def advance_counter(self, step: Any) -> int:
+        """t from a step argument: t itself, or a device counter holding t − 1, advanced here."""
+        if self.is_device_array(step):
+            step += 1
+        return int(step)
 
     # ------------------------------------------------------------------ data on the device
     def permutation(self, n: int, seed: int, epoch: int) -> Array:
