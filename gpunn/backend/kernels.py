@@ -56,6 +56,7 @@ from typing import Any
 import numpy
 
 from .cuda import cupy
+from .ops import Ops
 
 # ---------------------------------------------------------------------------- activations
 # σ(t) as a CUDA expression of a T-typed variable ``t``, and σ'(z) written through a = σ(z).
@@ -74,39 +75,18 @@ DERIVATIVE_CUDA = {
 ELEMENTWISE_ACTIVATIONS = tuple(ACTIVATION_CUDA)
 
 
+_HOST = Ops()  # the reference kernels on NumPy: what every fused kernel must compute
+
+
 def activation_reference(name: str, z: numpy.ndarray, out: numpy.ndarray) -> numpy.ndarray:
-    """out = σ(z) on host arrays (out may be z)."""
-    if name == "sigmoid":
-        # σ(z) = 1/(1 + e^−z); e^−z overflows to inf for very negative z, giving σ = 0 as on
-        # the GPU (the warning for that overflow is the expected IEEE behaviour).
-        with numpy.errstate(over="ignore"):
-            numpy.negative(z, out=out)
-            numpy.exp(out, out=out)
-        out += 1
-        return numpy.reciprocal(out, out=out)
-    if name == "relu":
-        return numpy.maximum(z, 0, out=out)
-    if name == "tanh":
-        return numpy.tanh(z, out=out)
-    if name == "identity":
-        if out is not z:
-            out[...] = z
-        return out
-    raise ValueError(f"unknown activation {name!r}")
+    """out = σ(z) on host arrays (out may be z), by the reference kernels."""
+    with numpy.errstate(over="ignore"):  # e^−z overflows to inf for very negative z: σ = 0
+        return _HOST.activation_forward(name, z, out)
 
 
 def derivative_reference(name: str, a: numpy.ndarray) -> numpy.ndarray:
-    """σ'(z) from a = σ(z), as a new host array."""
-    one = a.dtype.type(1)
-    if name == "sigmoid":
-        return a * (one - a)
-    if name == "relu":
-        return (a > 0).astype(a.dtype)
-    if name == "tanh":
-        return one - a * a
-    if name == "identity":
-        return numpy.ones_like(a)
-    raise ValueError(f"unknown activation {name!r}")
+    """σ'(z) from a = σ(z), as a new host array, by the reference kernels."""
+    return _HOST.activation_backward(name, a, numpy.ones_like(a), numpy.empty_like(a))
 
 
 # ---------------------------------------------------------------------------- kernel specs
