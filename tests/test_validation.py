@@ -333,6 +333,7 @@ def test_cupy_absent(fresh_backends):
     chosen, fallbacks = auto_with_warnings()
     assert [ops.name for ops in chosen] == ["numpy"] * 3
     assert len(fallbacks) == 1 and "not installed" in str(fallbacks[0].message)
+    assert fallbacks[0].filename == __file__  # the notice points at the caller's line
     assert gpunn.available_backends() == ["numpy"]
 
 

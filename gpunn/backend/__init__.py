@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 
 from ..errors import BackendUnavailableError, InputError
@@ -89,9 +90,19 @@ def _auto_backend() -> Ops:
     if reason is None:  # pragma: no cover - needs a GPU
         return _backend("cupy")
     warnings.warn(
-        f"gpunn: running on NumPy (CPU) because {reason}", GpuFallbackWarning, stacklevel=3
+        f"gpunn: running on NumPy (CPU) because {reason}", GpuFallbackWarning,
+        stacklevel=_stacklevel_outside_gpunn(),
     )
     return _backend("numpy")
+
+
+def _stacklevel_outside_gpunn() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def backend_of(array: object) -> Ops:
