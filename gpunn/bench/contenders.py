@@ -358,10 +358,11 @@ def make_per_sample(cfg: BenchConfig, batch: int, data: SyntheticData, params: l
 
 
 # --------------------------------------------------------------------------- GEMM ceiling
-def gemm_size(backend: str, quick: bool = False) -> int:
-    if backend == "cupy":
-        return 4096 if quick else 8192
-    return 1024 if quick else 2048
+def gemm_size(backend: str) -> int:
+    """The square size whose float32 product stands for the device's ceiling: large enough
+    to run at full rate (smaller products, as --quick once used, read below the network's
+    own rate), small enough to time in turn with every measurement."""
+    return 8192 if backend == "cupy" else 2048
 
 
 def gemm_gflops(matmul: Callable[[], Any], n: int, timer: Timer, repeats: int = 5,

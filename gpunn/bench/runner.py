@@ -222,7 +222,7 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
             say(f"[bench] skipping backend {backend}: {skipped[('gpunn', backend)]}")
             continue
         device = C.device_of(backend)
-        n_gemm = int(gemm_n) if gemm_n else C.gemm_size(backend, quick)
+        n_gemm = int(gemm_n) if gemm_n else C.gemm_size(backend)
         try:
             gemm[backend] = C.backend_gemm(backend, n_gemm, repeats=repeats, seed=seed)
             say(f"[bench] {backend} float32 GEMM {n_gemm}: {gemm[backend]['gflops']:.1f} GFLOP/s")
