@@ -7,7 +7,6 @@ object keeps per shape, so that a warmed-up training step allocates no array at 
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Any
 
@@ -23,12 +22,6 @@ from .ops import Array, Ops
 # float32 σ(z) unchanged above (1/(1 + e^−60) rounds to 1) and floors it at e^−60 ≈ 9e-27
 # below, which no float32 sum with terms near 1 can tell from 0. float64 has room to 708.
 _EXP_BOUND = {numpy.dtype(numpy.float32): 60.0, numpy.dtype(numpy.float64): 708.0}
-
-# With fewer rows than this, a mini-batch's matrix products are too small to share between
-# threads: one BLAS thread is faster (measured: 784-256-256-10 at batch 32 trains about 10%
-# faster on one thread of a 2-core machine, and about 25% slower at batch 128).
-SINGLE_THREAD_BELOW_ROWS = 64
-
 
 class NumpyOps(Ops):
     name = "numpy"
@@ -52,14 +45,6 @@ class NumpyOps(Ops):
         if buffer is None:
             buffer = buffers[key] = numpy.empty(shape, dtype)
         return buffer
-
-    def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
-        """Limit BLAS to one thread for small batches (see SINGLE_THREAD_BELOW_ROWS)."""
-        if batch_rows >= SINGLE_THREAD_BELOW_ROWS:
-            return contextlib.nullcontext()
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(limits=1, user_api="blas")
 
     # ------------------------------------------------------------------ affine map
     def affine_backward_weights(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
