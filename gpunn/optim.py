@@ -75,10 +75,15 @@ class Optimizer:
         calling ``step(..., prescaled=True)``: 1 here, the learning rate for plain SGD."""
         return 1.0
 
+    def count_step(self) -> None:
+        """Count one more update (``steps`` is then t for it); :meth:`step` does it itself,
+        a caller that runs :meth:`update_prescaled` inside a recorded step does it first."""
+        self.steps += 1
+
     def step(self, ops: Ops, params: Array, grads: Array, prescaled: bool = False) -> None:
         """Apply one update to ``params`` from ``grads`` (both flat device buffers); with
         ``prescaled``, ``grads`` already carry the factor :meth:`gradient_scale`."""
-        self.steps += 1
+        self.count_step()
         if prescaled:
             self.update_prescaled(ops, params, grads)
         else:

@@ -257,11 +257,12 @@ def run_epoch(
         if comm is not None:
             start, stop = shard_rows(start, stop, comm.rank, comm.size)
         rows = stop - start
-        # the update joins the step unless an allreduce must come between them, or it reads
-        # values that change every step and so cannot be recorded
-        update_key = None if comm is not None else opt.replay_key(ops) if recorded else True
-        if update_key is not None:
-            opt.steps += 1  # counted here: the update runs inside the step
+        # the update joins the step unless an allreduce must come between them, or a
+        # recording backend cannot record it (replay_key None)
+        update_key = opt.replay_key(ops) if recorded else None
+        update_in_step = comm is None and (update_key is not None or not recorded)
+        if update_in_step:
+            opt.count_step()
         if rows > 0:
             ws = net.workspace(rows)
             if order is not None:
@@ -274,9 +275,9 @@ def run_epoch(
                 index = None
             else:
                 X, Y, index = Xd[start:stop], Yd[start:stop], None
-            step = _training_step(net, opt, Xd, Yd, index, X, Y, ws, scale, update_key is not None)
+            step = _training_step(net, opt, Xd, Yd, index, X, Y, ws, scale, update_in_step)
             if recorded:
-                key = (ws.serial, scale, update_key)
+                key = (ws.serial, scale, update_key if update_in_step else None)
                 if index is not None:  # the recorded gather reads Xd and Yd where they are now
                     key += (ops.address(Xd), ops.address(Yd), Xd.shape, Yd.shape)
                 ops.run_step(key, step)
@@ -284,7 +285,7 @@ def run_epoch(
                 step()
         else:
             net.grads[...] = 0
-        if update_key is None:
+        if not update_in_step:
             if comm is not None:
                 comm.allreduce_sum(net.grads)
             opt.step(ops, net.params, net.grads, prescaled=True)

@@ -347,16 +347,11 @@ class CupyOps(Ops):
         Hidden layers (``Z`` None) compute in place in ``out``; the output layer keeps
         z = A_prev Wᵀ + b in ``Z`` for the cost and writes a into ``out``.
         """
-        if Z is None:
-            cupy.matmul(A_prev, W.T, out=out)
-            if activation == "softmax":
-                self._bias_softmax(out, b, out)
-            else:
-                K.BIAS_ACT[activation].build()(out, b, out)
-            return out
-        cupy.matmul(A_prev, W.T, out=Z)
+        cupy.matmul(A_prev, W.T, out=out if Z is None else Z)
         if activation == "softmax":
-            self._bias_softmax(Z, b, out)
+            self._bias_softmax(out if Z is None else Z, b, out)
+        elif Z is None:
+            K.BIAS_ACT[activation].build()(out, b, out)
         else:
             K.BIAS_ACT_KEEP[activation].build()(b, Z, out)
         return out

@@ -77,13 +77,19 @@ class NumpyOps(Ops):
         numpy.add(out, 1, out=out)
         return numpy.reciprocal(out, out=out)
 
-    def softmax(self, Z: Array, out: Array) -> Array:
-        row = self.scratch((Z.shape[0], 1), Z.dtype, "row")
-        numpy.maximum.reduce(Z, axis=1, keepdims=True, out=row)
-        numpy.subtract(Z, row, out=out)
+    def _shifted_exp(self, Z: Array, out: Array) -> tuple[Array, Array]:
+        """out = e^(z − max z) row by row; returns the rows' max z and Σ e^(z − max z)."""
+        top = self.scratch((Z.shape[0], 1), Z.dtype, "row")
+        total = self.scratch((Z.shape[0], 1), Z.dtype, "row2")
+        numpy.maximum.reduce(Z, axis=1, keepdims=True, out=top)
+        numpy.subtract(Z, top, out=out)
         numpy.exp(out, out=out)
-        numpy.add.reduce(out, axis=1, keepdims=True, out=row)
-        return numpy.divide(out, row, out=out)
+        numpy.add.reduce(out, axis=1, keepdims=True, out=total)
+        return top, total
+
+    def softmax(self, Z: Array, out: Array) -> Array:
+        _, total = self._shifted_exp(Z, out)
+        return numpy.divide(out, total, out=out)
 
     # ------------------------------------------------------------------ cost and output delta
     def output_delta(
@@ -103,12 +109,7 @@ class NumpyOps(Ops):
             numpy.subtract(A, Y, out=scratch)
             return numpy.vdot(scratch, scratch)
         if output == "softmax":  # −Σ y·log softmax(z), log softmax = z − log Σ e^z, stably
-            top = self.scratch((Z.shape[0], 1), Z.dtype, "row")
-            log_sum = self.scratch((Z.shape[0], 1), Z.dtype, "row2")
-            numpy.maximum.reduce(Z, axis=1, keepdims=True, out=top)
-            numpy.subtract(Z, top, out=scratch)
-            numpy.exp(scratch, out=scratch)
-            numpy.add.reduce(scratch, axis=1, keepdims=True, out=log_sum)
+            top, log_sum = self._shifted_exp(Z, scratch)
             numpy.log(log_sum, out=log_sum)
             numpy.add(log_sum, top, out=log_sum)
             numpy.subtract(Z, log_sum, out=scratch)
