@@ -1,26 +1,54 @@
-"""The CuPy backend on a GPU: fused kernels against their NumPy references, the whole network
-against the NumPy backend, CUDA-graph replay against eager steps, no host round trips in the
-step loop, and out-of-memory errors. Every test is marked ``gpu``: without a usable GPU they
-are skipped with the reason (tests/conftest.py)."""
+"""The CuPy backend: fused kernels against their NumPy references, the whole network against
+the NumPy backend, CUDA-graph replay against eager steps, no host round trips in the step loop,
+and out-of-memory errors.
+
+Every test runs twice: on the simulated GPU of ``tests/simulated_cupy.py`` (NumPy under CuPy's
+rules: no implicit host conversion, typed kernel arguments, capture that records instead of
+running, synchronisation forbidden while capturing), which needs no GPU, and on a real GPU
+(marked ``gpu``; skipped with the reason where CuPy cannot run, tests/conftest.py). On the
+simulated GPU a kernel *is* its NumPy reference, so there the kernel tests check the calls
+(argument types and shapes) and the real GPU checks the CUDA code.
+"""
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy
 import pytest
+import simulated_cupy
 
 import gpunn
+from gpunn.backend import cuda as cuda_module
 from gpunn.backend import kernels as K
-from gpunn.backend.cuda import cupy, cupyx
 from gpunn.backend.ops import Ops
 from gpunn.errors import DeviceMemoryError
 from gpunn.optim import make_optimizer
 
-pytestmark = pytest.mark.gpu
-
 DTYPES = ("float32", "float64")
 REF = Ops()
+
+
+@pytest.fixture(params=["simulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    """The device module set: ``cupy``, ``cupyx`` and, when simulated, its ``state``."""
+    if request.param == "cuda":
+        yield types.SimpleNamespace(
+            cupy=cuda_module.cupy, cupyx=cuda_module.cupyx, state=None, simulated=False
+        )
+        return
+    with simulated_cupy.install() as state:
+        yield types.SimpleNamespace(
+            cupy=simulated_cupy, cupyx=simulated_cupy.cupyx, state=state, simulated=True
+        )
+
+
+@pytest.fixture
+def simulated():
+    """The simulated GPU alone: for checks that need its bookkeeping."""
+    with simulated_cupy.install() as state:
+        yield state
 
 
 def tol(dtype, scale=1.0):
@@ -29,7 +57,7 @@ def tol(dtype, scale=1.0):
     return {"rtol": 1e-10 * scale, "atol": 1e-12 * scale}
 
 
-def on_device(args):
+def on_device(cupy, args):
     return [cupy.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args]
 
 
@@ -44,26 +72,28 @@ def cupy_ops(**options):
 @pytest.mark.parametrize(
     "spec", [*K.ELEMENTWISE.values(), *K.REDUCTIONS.values()], ids=lambda s: s.name
 )
-def test_kernel_matches_its_numpy_reference(spec, dtype):
+def test_kernel_matches_its_numpy_reference(spec, dtype, device):
+    cupy = device.cupy
     for rows, cols in ((1, 1), (7, 5), (257, 33)):
         host = K.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
-        device = on_device(host)
-        spec.build()(*device)
+        on_gpu = on_device(cupy, host)
+        spec.build()(*on_gpu)
         spec.reference(*host)
-        for got, want in zip(device[spec.n_in :], host[spec.n_in :], strict=True):
+        for got, want in zip(on_gpu[spec.n_in :], host[spec.n_in :], strict=True):
             numpy.testing.assert_allclose(cupy.asnumpy(got), want, **tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 10), (64, 31), (5, 1000), (1100, 2)])
-def test_row_kernels_match_their_references(dtype, shape):
+def test_row_kernels_match_their_references(dtype, shape, device):
+    cupy = device.cupy
     rows, cols = shape
     for name in K.ROW_KERNEL_NAMES:
         host = K.sample_arguments(name, dtype, rows=rows, cols=cols)
-        device = on_device(host)
+        on_gpu = on_device(cupy, host)
         kernel = K.row_module().get_function(K.row_kernel_expression(name, dtype))
         dt = numpy.dtype(dtype)
-        args = (*device[:3], numpy.int64(rows), numpy.int64(cols), dt.type(-numpy.inf))
+        args = (*on_gpu[:3], numpy.int64(rows), numpy.int64(cols), dt.type(-numpy.inf))
         if name == "gpunn_bias_softmax":
             threads = K.row_threads(cols)
             kernel((rows,), (threads,), args, shared_mem=threads * dt.itemsize)
@@ -71,13 +101,14 @@ def test_row_kernels_match_their_references(dtype, shape):
             threads = K.row_threads(rows, limit=512)
             kernel((1,), (threads,), args, shared_mem=threads * dt.itemsize)
         K.ROW_REFERENCES[name](*host)
-        for got, want in zip(device[:3], host[:3], strict=True):
+        for got, want in zip(on_gpu[:3], host[:3], strict=True):
             numpy.testing.assert_allclose(cupy.asnumpy(got), want, **tol(dtype, 10))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["sigmoid", "relu", "tanh", "identity", "softmax"])
-def test_layer_forward_and_cost_match_the_reference_ops(dtype, act):
+def test_layer_forward_and_cost_match_the_reference_ops(dtype, act, device):
+    cupy = device.cupy
     ops = cupy_ops(graphs=False)
     rng = numpy.random.default_rng(0)
     A_prev = rng.normal(size=(13, 6)).astype(dtype)
@@ -86,12 +117,12 @@ def test_layer_forward_and_cost_match_the_reference_ops(dtype, act):
     Z_ref = REF.affine_forward(A_prev, W, b, numpy.empty((13, 4), dtype))
     A_ref = REF.activation_forward(act, Z_ref.copy(), numpy.empty_like(Z_ref))
     Z, A = cupy.empty((13, 4), dtype), cupy.empty((13, 4), dtype)
-    ops.layer_forward(*on_device([A_prev, W, b]), act, out=A, Z=Z)
+    ops.layer_forward(*on_device(cupy, [A_prev, W, b]), act, out=A, Z=Z)
     numpy.testing.assert_allclose(Z.get(), Z_ref, **tol(dtype))
     numpy.testing.assert_allclose(A.get(), A_ref, **tol(dtype))
     if act != "softmax":
         hidden = cupy.empty((13, 4), dtype)
-        ops.layer_forward(*on_device([A_prev, W, b]), act, out=hidden)
+        ops.layer_forward(*on_device(cupy, [A_prev, W, b]), act, out=hidden)
         numpy.testing.assert_allclose(hidden.get(), A_ref, **tol(dtype))
     losses = ["mse"] + (["cross_entropy"] if act in ("softmax", "sigmoid") else [])
     for loss in losses:
@@ -125,7 +156,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
-def test_loss_and_gradients_match_numpy(config):
+def test_loss_and_gradients_match_numpy(config, device):
     X, y = _data()
     nets = [
         gpunn.Network([12, 16, 8, 3], backend=b, seed=3, **config)
@@ -141,7 +172,7 @@ def test_loss_and_gradients_match_numpy(config):
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("graphs", [False, True])
-def test_training_matches_numpy(optimizer, shuffle, graphs):
+def test_training_matches_numpy(optimizer, shuffle, graphs, device):
     X, y = _data()
     lr = 0.01 if optimizer == "adam" else 0.5
     results = []
@@ -173,7 +204,7 @@ def test_training_matches_numpy(optimizer, shuffle, graphs):
         numpy.testing.assert_allclose(b1, b0, rtol=1e-3, atol=1e-5)
 
 
-def test_graph_replay_gives_the_eager_weights_and_is_used():
+def test_graph_replay_gives_the_eager_weights_and_is_used(device):
     X, y = _data(n=200)
     params, ops_used = [], []
     for graphs in (False, True):
@@ -191,22 +222,31 @@ def test_graph_replay_gives_the_eager_weights_and_is_used():
         numpy.testing.assert_allclose(b1, b0, rtol=1e-5, atol=1e-6)
 
 
-def test_no_host_transfer_inside_the_step_loop():
-    """The transfers of a fit depend on the number of epochs, never on the number of steps."""
+def test_no_host_transfer_inside_the_step_loop(device):
+    """The transfers of a fit depend on the number of epochs, never on the number of steps.
+
+    On the simulated GPU every device-to-host read counts (``float()`` and ``.item()`` too,
+    not only gpunn's own ``to_host``)."""
     X, y = _data(n=300)
-    counts = []
+    counts, reads = [], []
     for batch_size in (5, 100):
         ops = cupy_ops()
         net = gpunn.Network([12, 16, 3], backend=ops, seed=0)
         before = ops.host_transfers
+        read_before = device.state.device_to_host if device.simulated else 0
         net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.5, progress=False)
         counts.append(ops.host_transfers - before)
+        if device.simulated:
+            reads.append(device.state.device_to_host - read_before)
     assert counts[0] == counts[1] <= 2 + 1
+    if device.simulated:
+        assert reads[0] == reads[1] == counts[0]
 
 
-def test_an_epoch_does_not_synchronise():
+def test_an_epoch_does_not_synchronise(device):
     from gpunn import train
 
+    cupyx = device.cupyx
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")
     X, y = _data(n=120)
@@ -226,7 +266,8 @@ def test_an_epoch_does_not_synchronise():
 
 
 # ------------------------------------------------------------------------ errors and options
-def test_out_of_memory_becomes_device_memory_error():
+def test_out_of_memory_becomes_device_memory_error(device):
+    cupy = device.cupy
     from gpunn.backend.cupy_ops import workspace_bytes
 
     ops = cupy_ops()
@@ -237,7 +278,8 @@ def test_out_of_memory_becomes_device_memory_error():
             cupy.empty(need // 4, dtype=cupy.float32)
 
 
-def test_tf32_switch_sets_cupys_compute_type():
+def test_tf32_switch_sets_cupys_compute_type(device):
+    cupy = device.cupy
     from cupy._core import _routines_linalg as linalg
 
     ops = cupy_ops()
@@ -251,8 +293,9 @@ def test_tf32_switch_sets_cupys_compute_type():
         cupy._core.set_compute_type(numpy.float32, before)
 
 
-def test_device_values_for_recorded_updates():
+def test_device_values_for_recorded_updates(device):
     """A 0-d device learning rate and a device step counter give the host-scalar update."""
+    cupy = device.cupy
     ops = cupy_ops()
     rng = numpy.random.default_rng(0)
     p, g = rng.normal(size=64).astype("float32"), rng.normal(size=64).astype("float32")
@@ -266,3 +309,170 @@ def test_device_values_for_recorded_updates():
         ops.adam_update(*dev, lr, 0.9, 0.999, 1e-8, step)
     assert int(step.get()) == 3
     numpy.testing.assert_allclose(dev[0].get(), host[0].get(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------ the whole surface
+def _fit_both(fits, sizes=(12, 16, 3), n=53, graphs=True, network=None, **common):
+    """The same fits (a list of keyword sets) on NumPy and on the CuPy backend, in float64;
+    returns (numpy net, cupy net, their histories, the CupyOps). A step that cannot be
+    recorded would warn: here that is an error."""
+    X, y = _data(n=n, n_in=sizes[0], n_out=sizes[-1])
+    val = _data(n=17, n_in=sizes[0], n_out=sizes[-1], seed=1)
+    ops = cupy_ops(graphs=graphs)
+    nets, histories = [], []
+    for backend in ("numpy", ops):
+        net = gpunn.Network(list(sizes), backend=backend, seed=4, dtype="float64",
+                            **(network or {}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            histories.append([
+                net.fit(X, y, progress=False, seed=7, validation_data=val,
+                        **{**common, **settings})
+                for settings in fits
+            ])
+        nets.append(net)
+    return nets[0], nets[1], histories, ops
+
+
+def _assert_same_training(net0, net1, histories, rtol=1e-9):
+    for (W0, b0), (W1, b1) in zip(net0.get_params(), net1.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=rtol, atol=rtol * 1e-3)
+        numpy.testing.assert_allclose(b1, b0, rtol=rtol, atol=rtol * 1e-3)
+    for run0, run1 in zip(*histories, strict=True):
+        assert len(run0.records) == len(run1.records)
+        for r0, r1 in zip(run0.records, run1.records, strict=True):
+            assert r0.keys() == r1.keys()
+            for key in r0.keys() - {"seconds", "samples_per_second"}:
+                assert r1[key] == pytest.approx(r0[key], rel=rtol), key
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("schedule", [None, "step", "cosine"])
+def test_recorded_training_follows_the_schedule(device, optimizer, schedule):
+    """A recorded step reads the learning rate on the device: a schedule changing it every
+    epoch still gives NumPy's weights (a host scalar would be frozen in the graph)."""
+    opt = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
+    opt_ref = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
+    X, y = _data(n=53)
+    nets = []
+    for backend, o in (("numpy", opt_ref), (cupy_ops(), opt)):
+        net = gpunn.Network([12, 16, 3], backend=backend, seed=4, dtype="float64")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            history = net.fit(X, y, epochs=5, batch_size=10, optimizer=o, schedule=schedule,
+                              seed=7, progress=False)
+        nets.append((net, history))
+    (net0, h0), (net1, h1) = nets
+    _assert_same_training(net0, net1, [[h0], [h1]])
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"activation": "sigmoid", "output": "sigmoid", "loss": "mse"},
+        {"activation": "tanh", "output": "identity", "loss": "mse"},
+        {"activation": "relu", "output": "sigmoid", "loss": "cross_entropy"},
+        {"activation": "relu", "output": "softmax", "loss": "cross_entropy"},
+    ],
+    ids=lambda c: "-".join(c.values()),
+)
+def test_recorded_training_over_batch_sizes_and_fits(device, network):
+    """Several fits on one network with changing batch sizes (a last batch of another size
+    every epoch, buffers re-made for a new batch size), shuffled and in order, with
+    validation: the recorded steps give NumPy's weights and metrics."""
+    fits = [
+        {"epochs": 3, "batch_size": 10},
+        {"epochs": 2, "batch_size": 4, "shuffle": False},
+        {"epochs": 2, "batch_size": 64},
+        {"epochs": 2, "batch_size": 10, "optimizer": "momentum"},
+    ]
+    net0, net1, histories, ops = _fit_both(fits, sizes=(12, 9, 7, 3), network=network, lr=0.2)
+    _assert_same_training(net0, net1, histories)
+    if device.simulated:
+        assert ops.recorded_steps >= 2
+        assert device.state.graph_launches > 0
+
+
+def test_graphs_off_and_on_take_the_same_steps(device):
+    """GPUNN_CUDA_GRAPHS=0 (graphs=False) and recording give the same weights bit for bit on
+    the simulated GPU, and within float rounding on a real one."""
+    runs = []
+    for graphs in (False, True):
+        _, net1, _, ops = _fit_both([{"epochs": 4, "batch_size": 8}], graphs=graphs, lr=0.4,
+                                    optimizer="nesterov")
+        runs.append((net1.get_params(), ops.recorded_steps))
+    (p_off, rec_off), (p_on, rec_on) = runs
+    assert rec_off == 0 < rec_on
+    rtol = 0 if device.simulated else 1e-12
+    for (W0, b0), (W1, b1) in zip(p_off, p_on, strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=rtol)
+        numpy.testing.assert_allclose(b1, b0, rtol=rtol)
+
+
+def test_predict_evaluate_and_model_files_cross_backends(device, tmp_path):
+    """A network trained on the GPU predicts as NumPy does, and its model file loads on NumPy."""
+    net0, net1, _, _ = _fit_both([{"epochs": 2, "batch_size": 16}], lr=0.3)
+    X, y = _data(n=30, seed=3)
+    numpy.testing.assert_allclose(net1.predict(X), net0.predict(X), rtol=1e-9)
+    assert net1.evaluate(X, y)["loss"] == pytest.approx(net0.evaluate(X, y)["loss"], rel=1e-9)
+    path = tmp_path / "gpu.npz"
+    net1.save(path)
+    loaded = gpunn.load(path, backend="numpy")
+    numpy.testing.assert_allclose(loaded.predict(X), net1.predict(X), rtol=1e-12)
+    on_gpu = gpunn.load(path, backend=cupy_ops())
+    numpy.testing.assert_allclose(on_gpu.predict(X), net1.predict(X), rtol=1e-12)
+
+
+def test_backend_by_name(device):
+    """``backend="cupy"`` and ``"auto"`` choose the CuPy backend where it can run."""
+    from gpunn.backend import available_backends, get_backend
+    from gpunn.backend.cupy_ops import CupyOps
+
+    assert available_backends() == ["numpy", "cupy"]
+    assert isinstance(get_backend("cupy"), CupyOps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback notice
+        assert isinstance(get_backend("auto"), CupyOps)
+    net = gpunn.Network([4, 3, 2], backend="cupy")
+    assert isinstance(net.params, device.cupy.ndarray)
+
+
+# ------------------------------------------------------------------------ the simulation
+def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
+    """The checks that make a pass on the simulated GPU mean something."""
+    import simulated_cupy as cp
+
+    from gpunn.backend.cupy_ops import CupyOps
+
+    ops = CupyOps()
+    params, grads = cp.zeros(8, dtype=numpy.float32), cp.ones(8, dtype=numpy.float32)
+    with pytest.raises(TypeError, match="Python float"):  # float32 would not stay float32
+        K.SGD_UPDATE.build()(grads, 0.1, numpy.float32(0), params)
+    with pytest.raises(TypeError, match="mismatched"):
+        K.SGD_UPDATE.build()(grads, numpy.float64(0.1), numpy.float32(0), params)
+    with pytest.raises(TypeError, match="host"):
+        K.SGD_UPDATE.build()(grads.get(), numpy.float32(0.1), numpy.float32(0), params)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        numpy.asarray(params)
+    with pytest.raises(ValueError, match="broadcast"):
+        K.SGD_UPDATE.build()(grads, numpy.float32(0.1), numpy.float32(0), params[:4])
+
+    def step_that_reads_the_loss():
+        ops.sgd_update(params, grads, 0.1)
+        float(params.sum())
+
+    with pytest.warns(RuntimeWarning, match="could not be recorded"):
+        for _ in range(ops.warmup + 1):
+            ops.run_step("reads", step_that_reads_the_loss)
+    assert ops.recorded_steps == 0
+
+    params.fill(0)
+    lr = [1.0]
+    for call in range(ops.warmup + 3):  # eager, eager, captured, then two replays
+        if call > ops.warmup:
+            lr[0] = 100.0  # too late: the graph holds the 1.0 it was captured with
+        ops.run_step("frozen", lambda: ops.sgd_update(params, grads, lr[0]))
+    assert ops.recorded_steps == 1
+    numpy.testing.assert_array_equal(params.get(), -float(ops.warmup + 3))
+    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
+        params.get()
