@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy
 
+from .backend.cuda import cupy_module
 from .errors import InputError, InputTypeError
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -110,9 +111,22 @@ def check_validation_data(value: Any) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------- arrays
+def array_module(array: Any) -> Any:
+    """``numpy`` for a NumPy array, ``cupy`` for a CuPy array, None for anything else.
+
+    (CuPy's ndarray has no ``__array_namespace__``, and must never be converted implicitly.)
+    """
+    if isinstance(array, numpy.ndarray):
+        return numpy
+    cupy = cupy_module()
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return cupy
+    return None
+
+
 def _host_view(array: Any, name: str) -> Any:
     """The array itself if it is an array of some backend, else ``numpy.asarray`` of it."""
-    if hasattr(array, "__array_namespace__") and hasattr(array, "dtype"):
+    if array_module(array) is not None:
         return array
     try:
         return numpy.asarray(array)
@@ -157,7 +171,7 @@ def _check_values(name: str, X: Any, dtype: Any = None) -> None:
     """
     if X.dtype.kind != "f" or X.size == 0:
         return
-    xp = X.__array_namespace__()
+    xp = array_module(X)
     limit = float(numpy.finfo(X.dtype).max)
     if dtype is not None and numpy.dtype(dtype).itemsize < X.dtype.itemsize:
         limit = float(numpy.finfo(dtype).max)
@@ -288,7 +302,7 @@ def _check_probabilities(name: str, Y: Any, output: str | None) -> None:
             "as targets; pass class labels, one-hot rows, or use loss='mse'"
         )
     if output == "softmax":
-        xp = Y.__array_namespace__()
+        xp = array_module(Y)
         sums = Y.sum(axis=1, dtype=xp.float64)
         off = xp.abs(sums - 1) > 1e-3
         if bool(off.any()):
@@ -304,7 +318,7 @@ def _check_labels(y: Any, n_outputs: int, name: str) -> Any:
     n_classes = max(n_outputs, 2)
     if y.dtype.kind == "f":
         _check_values(name, y)
-        xp = y.__array_namespace__()
+        xp = array_module(y)
         if not bool((xp.floor(y) == y).all()):
             raise InputError(
                 f"{name} is 1-D, so it is read as class labels, but it holds non-integer values; "

@@ -63,6 +63,14 @@ class State:
         self.graph_launches = 0
         self.memory_limit = 2 << 30  # bytes; a larger single allocation is out of memory
         self.compute_type: dict[str, int] = {}
+        # the names the installed CuPy has (None without CuPy): the simulation offers no other
+        self.cupy_names: set[str] | None = None
+        self.ndarray_names: set[str] | None = None
+
+
+def _require_name(names: set[str] | None, name: str, where: str) -> None:
+    if names is not None and name not in names:
+        raise AttributeError(f"{where} has no attribute {name!r} (in the installed CuPy)")
 
 
 state = State()
@@ -310,10 +318,6 @@ class ndarray:  # named as in CuPy
         _read_to_host("int(ndarray)")
         return int(self._a)
 
-    def __index__(self) -> int:
-        _read_to_host("operator.index(ndarray)")
-        return operator.index(self._a)
-
     def __bool__(self) -> bool:
         _read_to_host("bool(ndarray)")
         return bool(self._a)
@@ -346,6 +350,7 @@ class ndarray:  # named as in CuPy
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or not callable(getattr(numpy.ndarray, name, None)):
             raise AttributeError(name)
+        _require_name(state.ndarray_names, name, "cupy.ndarray")
         method = getattr(numpy.ndarray, name)
         mutates = name in _MUTATING_METHODS
         return lambda *args, **kwargs: _run(method, (self, *args), kwargs, mutates=mutates)
@@ -422,6 +427,7 @@ def full(shape: Any, fill_value: Any, dtype: Any = None) -> ndarray:
 
 def __getattr__(name: str) -> Any:
     """Every other NumPy name: types and constants as they are, functions as device work."""
+    _require_name(state.cupy_names, name, "module 'cupy'")
     value = getattr(numpy, name)
     if isinstance(value, type) or not callable(value):
         return value
@@ -786,6 +792,10 @@ def install() -> Iterator[State]:
 
     global state
     state = State()
+    real = cuda_module.cupy
+    if real is not None:
+        state.cupy_names = set(dir(real))
+        state.ndarray_names = set(dir(real.ndarray))
     module = sys.modules[__name__]
     patches = [
         (cuda_module, "cupy", module), (cuda_module, "cupyx", cupyx),

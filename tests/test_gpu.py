@@ -437,6 +437,40 @@ def test_backend_by_name(device):
     assert isinstance(net.params, device.cupy.ndarray)
 
 
+def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
+    """Device arrays go in as they are: no implicit conversion to NumPy (CuPy refuses it)."""
+    cupy = device.cupy
+    X, y = _data(n=40)
+    Y = numpy.eye(3)[y]
+    for targets in (y, Y):  # labels and one-hot rows
+        net = gpunn.Network([12, 8, 3], output="softmax", loss="cross_entropy",
+                            backend=cupy_ops(), seed=0)
+        Xd, Td = cupy.asarray(X), cupy.asarray(targets)
+        net.fit(Xd, Td, epochs=2, batch_size=8, lr=0.3, progress=False,
+                validation_data=(Xd, Td))
+        host = gpunn.Network([12, 8, 3], output="softmax", loss="cross_entropy", seed=0)
+        host.fit(X, targets, epochs=2, batch_size=8, lr=0.3, progress=False)
+        numpy.testing.assert_allclose(net.predict(Xd), host.predict(X), rtol=1e-4, atol=1e-6)
+        assert net.evaluate(Xd, Td)["loss"] == pytest.approx(host.evaluate(X, targets)["loss"],
+                                                             rel=1e-4)
+    with pytest.raises(gpunn.InputError, match="NaN"):
+        net.fit(cupy.asarray(numpy.full((4, 12), numpy.nan)), cupy.asarray(y[:4]),
+                progress=False)
+
+
+def test_bench_runs_the_cupy_backend(device):
+    """``gpunn bench --backends cupy``: the gpunn contender and the GEMM ceiling, timed with
+    CUDA events (seconds mean nothing on the simulated GPU; the run must complete)."""
+    from gpunn.bench import run_bench
+
+    result = run_bench(configs=["seed"], backends=["cupy"], batch_sizes=[10], quick=True,
+                       peers=False, gemm_n=256, log=None)
+    rows = [r for r in result["rows"] if r["contender"] == "gpunn"]
+    assert [r["status"] for r in rows] == ["ok"], rows
+    assert rows[0]["timer"] == "cuda-event" and rows[0]["samples_per_s"] > 0
+    assert result["gemm"]["cupy"]["gflops"] > 0
+
+
 # ------------------------------------------------------------------------ the simulation
 def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     """The checks that make a pass on the simulated GPU mean something."""
@@ -476,3 +510,22 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     numpy.testing.assert_array_equal(params.get(), -float(ops.warmup + 3))
     with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
         params.get()
+
+
+def test_the_simulation_offers_only_what_cupy_has():
+    """Every name the simulation defines for gpunn to use exists in the installed CuPy (its
+    NumPy fallbacks are limited to CuPy's names by ``install``)."""
+    real = cuda_module.cupy
+    if real is None:
+        pytest.skip("CuPy is not installed: nothing to compare the simulation with")
+    protocols = {"__array__", "__array_ufunc__", "__array_function__", "__float__", "__int__",
+                 "__bool__", "__len__", "__getitem__", "__setitem__"}
+    own = {n for n in vars(simulated_cupy.ndarray) if not n.startswith("_") or n in protocols}
+    assert own - set(dir(real.ndarray)) == set()
+    module = {"asarray", "array", "asnumpy", "empty", "zeros", "ones", "full", "ndarray",
+              "ElementwiseKernel", "ReductionKernel", "RawModule", "get_default_memory_pool",
+              "cuda", "_core"}
+    assert module - set(dir(real)) == set()
+    cuda = {n for n in vars(simulated_cupy.cuda) if not n.startswith("_")}
+    assert cuda - set(dir(real.cuda)) == set()
+    assert set(vars(simulated_cupy.runtime)) - set(dir(real.cuda.runtime)) == set()
