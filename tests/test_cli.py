@@ -242,7 +242,7 @@ def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "run_info", broken)
+    monkeypatch.setattr(cli.info, "run_info", broken)
     assert cli.main(["info"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RuntimeError: boom" in err[0] and "--debug" in err[0]
