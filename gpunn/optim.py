@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
@@ -37,6 +38,7 @@ __all__ = [
     "Nesterov",
     "Optimizer",
     "Schedule",
+    "Snapshot",
     "StepSchedule",
     "make_optimizer",
     "make_schedule",
@@ -53,6 +55,15 @@ def _check_fraction(name: str, value: Any) -> float:
     if not 0.0 <= value < 1.0:  # also false for NaN
         raise InputError(f"{name} must lie in [0, 1), got {value}")
     return value
+
+
+@dataclass
+class Snapshot:
+    """An optimizer's state at one moment, on the device: the step count and copies of its
+    state buffers (none for SGD, or before the first step). See :meth:`Optimizer.snapshot`."""
+
+    steps: int
+    buffers: dict[str, Array] = field(default_factory=dict)
 
 
 class Optimizer:
@@ -109,6 +120,16 @@ class Optimizer:
     def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
         """Restore what :meth:`state_arrays` returned (on any backend, in ``dtype``)."""
         self.steps = _read_steps(arrays)
+
+    def snapshot(self, ops: Ops, into: Snapshot | None = None) -> Snapshot:
+        """The state as it is now, for :meth:`restore`: the step count and device copies of
+        the state buffers. ``into``, an earlier snapshot, lends its buffers where they fit, so
+        that taking one every epoch allocates only once (the copies are device to device)."""
+        return Snapshot(self.steps)
+
+    def restore(self, ops: Ops, snapshot: Snapshot) -> None:
+        """Put back the state that :meth:`snapshot` took (after a diverged epoch)."""
+        self.steps = snapshot.steps
 
     def config(self) -> dict[str, Any]:
         """The settings that rebuild this optimizer with :func:`optimizer_from_config`."""
@@ -191,6 +212,27 @@ class _Stateful(Optimizer):
                 )
             state[key] = ops.asarray(array, dtype=dtype)
         self.state, self.steps = state, _read_steps(arrays)
+
+    def snapshot(self, ops: Ops, into: Snapshot | None = None) -> Snapshot:
+        kept = into.buffers if into is not None else {}
+        buffers = {}
+        for key, buffer in self.state.items():
+            copy = kept.get(key)
+            if copy is None or copy.shape != buffer.shape or copy.dtype != buffer.dtype:
+                copy = ops.empty(buffer.shape, buffer.dtype)
+            buffers[key] = ops.copy_into(copy, buffer)
+        return Snapshot(self.steps, buffers)
+
+    def restore(self, ops: Ops, snapshot: Snapshot) -> None:
+        """Copy the kept buffers back into the live ones, which keep their addresses (a
+        recorded update goes on writing to them); with none kept, drop the state, which the
+        next update creates anew as zeros."""
+        super().restore(ops, snapshot)
+        if not snapshot.buffers:
+            self.state = {}
+            return
+        for key, copy in snapshot.buffers.items():
+            ops.copy_into(self.state[key], copy)
 
 
 class Momentum(_Stateful):
@@ -281,6 +323,14 @@ class Adam(_Stateful):
     def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
         super().load_state_arrays(ops, arrays, dtype)
         self._counter = None  # rebuilt from the restored step count
+
+    def restore(self, ops: Ops, snapshot: Snapshot) -> None:
+        super().restore(ops, snapshot)
+        if not self.state:
+            self._counter = None  # rebuilt at the first update
+        elif self._counter is not None:
+            # between updates the counter holds t of the last one: the step count
+            self._counter.fill(self.steps)
 
     def replay_key(self, ops: Ops) -> Any:
         if not self.state:

@@ -110,10 +110,52 @@ def test_fit_never_changes_shapes_and_evaluate_is_bounded(data):
     assert all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in params)
     result = net.evaluate(X, Y)
     assert 0.0 <= result["accuracy"] <= 1.0
-    if np.isfinite(result["loss"]):
-        assert result["loss"] >= -1e-6
-    else:  # the last update can leave finite weights whose outputs overflow: they must show it
-        assert max(np.abs(W).max() for W, _ in params) > 1e6
+    # fit checks the weights each epoch ends with, the last update's too, for a finite cost on
+    # the training data: whether it returned or raised, the weights it leaves evaluate finitely
+    assert np.isfinite(result["loss"]) and result["loss"] >= -1e-6
+
+
+def reference_logits(net, X):
+    """z^(1..L) of each layer, in float64 on the host."""
+    functions = {
+        "sigmoid": lambda z: 0.5 * (1 + np.tanh(z / 2)), "tanh": np.tanh,
+        "relu": lambda z: np.maximum(z, 0), "identity": lambda z: z,
+        "softmax": lambda z: np.exp(z - z.max(axis=1, keepdims=True)),  # unnormalised: ≤ 1
+    }
+    logits, A = [], X.astype(np.float64)
+    for layer, (W, b) in enumerate(net.get_params()):
+        Z = A @ W.T + b
+        logits.append(Z)
+        A = functions[net.activation if layer < net.n_layers - 1 else net.output](Z)
+    return logits
+
+
+@SETTINGS
+@given(data=st.data())
+def test_the_divergence_check_bounds_every_logit_and_the_summed_cost(data):
+    """fit skips computing the cost of its final weights when train._cost_bound stays below
+    the dtype's range: the bound must never be below what it bounds."""
+    from gpunn import train
+
+    net = data.draw(networks(dtype="float64"))
+    scale = data.draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    net.set_params([(rng.normal(size=W.shape) * scale, rng.normal(size=b.shape) * scale)
+                    for W, b in net.get_params()])
+    n = data.draw(st.integers(1, 12))
+    X = data.draw(features(net, n))
+    Y = targets(data.draw, net, n)
+    ops = net.backend
+    Xd = net.device_inputs(X)
+    Yd = net.device_targets(Y, n)
+    _, finite, magnitudes = train._read_back(
+        ops, net.epoch_cost, net, train._data_magnitudes(ops, Xd, Yd)
+    )
+    bound = train._cost_bound(net, magnitudes, n)
+    largest = max(np.abs(Z).max() for Z in reference_logits(net, Xd))
+    total = abs(net.evaluate(X, Y)["loss"] * n)
+    assert finite and np.isfinite(bound)
+    assert largest <= bound * (1 + 1e-9) and total <= bound * (1 + 1e-9)
 
 
 @SETTINGS
