@@ -49,7 +49,7 @@ class Workspace:
 
     ``A[l]`` holds a^(l+1) (hidden layers compute z in place and overwrite it with σ(z));
     ``Z_out`` keeps z^(L) for the cost; ``delta[l]`` holds δ^(l+1); ``scratch[l]`` is room for
-    σ'(z); ``X``, ``Y`` and ``index`` receive a shuffled batch.
+    σ'(z); ``X`` and ``Y`` receive a gathered (shuffled) batch.
     """
 
     rows: int
@@ -59,16 +59,15 @@ class Workspace:
     scratch: list[Array]
     X: Array
     Y: Array
-    index: Array
     _views: dict[int, Workspace] = field(default_factory=dict, repr=False)
     serial: int = field(default_factory=lambda: next(_serials))  # never reused: a step's key
 
     @staticmethod
     def nbytes(sizes: Sequence[int], rows: int, dtype: Any) -> int:
-        """The bytes :meth:`allocate` takes: A, δ and scratch per layer, z^(L), X, Y, index."""
+        """The bytes :meth:`allocate` takes: A, δ and scratch per layer, z^(L), X and Y."""
         widths = sizes[1:]
         elements = rows * (3 * sum(widths) + 2 * widths[-1] + sizes[0])
-        return elements * numpy.dtype(dtype).itemsize + rows * 8
+        return elements * numpy.dtype(dtype).itemsize
 
     @classmethod
     def allocate(cls, ops: Ops, sizes: Sequence[int], rows: int, dtype: Any) -> Workspace:
@@ -81,7 +80,6 @@ class Workspace:
             scratch=[ops.empty((rows, n), dtype) for n in widths],
             X=ops.empty((rows, sizes[0]), dtype),
             Y=ops.empty((rows, widths[-1]), dtype),
-            index=ops.empty((rows,), "int64"),
         )
 
     def first_rows(self, m: int) -> Workspace:
@@ -98,10 +96,20 @@ class Workspace:
                 scratch=[s[:m] for s in self.scratch],
                 X=self.X[:m],
                 Y=self.Y[:m],
-                index=self.index[:m],
             )
             self._views[m] = view
         return view
+
+
+@dataclass
+class EpochOrder:
+    """Where the batches of an epoch come from, for steps a backend records and replays:
+    ``index`` holds the order of the epoch's n samples and the 0-d ``cursor`` the position of
+    the next batch in it. Each step gathers its batch at the cursor and advances it, so one
+    recording serves every batch of its size."""
+
+    index: Array
+    cursor: Array
 
 
 class Network:
@@ -159,6 +167,7 @@ class Network:
         self.weights, self.biases = _layer_views(self.params, shapes)
         self.weight_grads, self.bias_grads = _layer_views(self.grads, shapes)
         self._workspaces: dict[int, Workspace] = {}
+        self._epoch_order: EpochOrder | None = None
         self.epoch_cost = self.backend.zeros((), self.dtype)  # Σ cost over an epoch, on device
         self.optimizer: Optimizer | None = None  # the last fit's, with its state, for checkpoints
         self.checkpoint: Checkpoint | None = None  # what gpunn.load read besides the weights
@@ -202,6 +211,16 @@ class Network:
             space = Workspace.allocate(self.backend, self.sizes, rows, self.dtype)
         self._workspaces[rows] = space
         return space
+
+    def epoch_order(self, n: int) -> EpochOrder:
+        """Device buffers for the order of an epoch of n samples, kept while n stays the same
+        (so that recorded steps keep pointing at them)."""
+        order = self._epoch_order
+        if order is None or order.index.shape[0] != n:
+            ops = self.backend
+            order = EpochOrder(index=ops.empty((n,), "int64"), cursor=ops.zeros((), "int64"))
+            self._epoch_order = order
+        return order
 
     def feedforward(self, X: Array, ws: Workspace) -> Array:
         """a^(l) = σ(W^(l) a^(l-1) + b^(l)) for l = 1..L; returns a^(L) (in ``ws``)."""

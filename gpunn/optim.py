@@ -333,9 +333,11 @@ class Adam(_Stateful):
             self._counter.fill(self.steps)
 
     def replay_key(self, ops: Ops) -> Any:
-        if not self.state:
-            return None  # the first update creates the state: run it as it comes
-        buffers = (self.state["m"], self.state["v"], self.step_counter(ops))
+        if not self.state or self._counter is None:
+            # the first update (of a run, or after the state was loaded) creates the state or
+            # the step counter, from the step count it is given: run it as it comes
+            return None
+        buffers = (self.state["m"], self.state["v"], self._counter)
         settings = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
         return ("adam", *settings, *(ops.address(b) for b in buffers))
 

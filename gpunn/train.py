@@ -259,21 +259,27 @@ def run_epoch(
     global batch of m rows, scaled by 1/m, and an allreduce sums the shares: every rank then
     holds the gradient averaged over the whole batch and applies the same update.
 
-    A step (the gather of a shuffled batch, feedforward, backpropagation and, where nothing
-    must come between, the update) runs through ``ops.run_step``, which may record it once and
-    replay it (CUDA graphs). It therefore works on fixed buffers only: the batch's indices or
-    rows are copied into the workspace first, the cost adds into a buffer that lives as long
-    as the network, and the key names everything the recording depends on.
+    A step (the gather of its batch, feedforward, backpropagation and, where nothing must
+    come between, the update) runs through ``ops.run_step``, which may record it once and
+    replay it (CUDA graphs). On such a backend a step therefore works on fixed buffers only:
+    the epoch's order is copied into a buffer of the network and each step gathers its batch
+    at a cursor kept on the device (and moves it on), the cost adds into a buffer that lives
+    as long as the network, and the key names everything else the recording depends on.
     """
     ops = net.backend
     n = Xd.shape[0]
     order = ops.permutation(n, seed, epoch) if shuffle else None
     recorded = ops.replays_steps
+    if recorded:
+        plan = net.epoch_order(n)
+        ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
+        plan.cursor[...] = 0
     cost = net.epoch_cost
     cost[...] = 0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        scale = opt.gradient_scale() / (stop - start)  # 1/m, and η where that is exact
+    for batch_start in range(0, n, batch_size):
+        batch_stop = min(batch_start + batch_size, n)
+        scale = opt.gradient_scale() / (batch_stop - batch_start)  # 1/m, and η where exact
+        start, stop = batch_start, batch_stop
         if comm is not None:
             start, stop = shard_rows(start, stop, comm.rank, comm.size)
         rows = stop - start
@@ -285,26 +291,25 @@ def run_epoch(
             opt.count_step()
         if rows > 0:
             ws = net.workspace(rows)
-            if order is not None:
-                index = order[start:stop]
-                if recorded:
-                    index = ops.copy_into(ws.index, index)
-                X, Y = ws.X, ws.Y
-            elif recorded:
-                X, Y = ops.copy_into(ws.X, Xd[start:stop]), ops.copy_into(ws.Y, Yd[start:stop])
-                index = None
-            else:
-                X, Y, index = Xd[start:stop], Yd[start:stop], None
-            step = _training_step(net, opt, Xd, Yd, index, X, Y, ws, scale, update_in_step)
+            X, Y = ws.X, ws.Y
             if recorded:
-                key = (ws.serial, scale, update_key if update_in_step else None)
-                if index is not None:  # the recorded gather reads Xd and Yd where they are now
-                    key += (ops.address(Xd), ops.address(Yd), Xd.shape, Yd.shape)
+                offset, advance = start - batch_start, batch_stop - batch_start
+                gather = _gather_at_cursor(ops, Xd, Yd, ws, plan, offset, advance)
+            elif order is not None:
+                gather = _gather_rows(ops, Xd, Yd, ws, order[start:stop])
+            else:
+                gather, X, Y = None, Xd[start:stop], Yd[start:stop]
+            step = _training_step(net, opt, gather, X, Y, ws, scale, update_in_step)
+            if recorded:
+                key = (ws.serial, scale, update_key if update_in_step else None, offset, advance,
+                       *map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape)
                 ops.run_step(key, step)
             else:
                 step()
         else:
             net.grads[...] = 0
+            if recorded:
+                ops.advance_cursor(plan.cursor, batch_stop - batch_start, n)
         if not update_in_step:
             if comm is not None:
                 comm.allreduce_sum(net.grads)
@@ -314,19 +319,43 @@ def run_epoch(
     return cost
 
 
+def _gather_rows(ops: Any, Xd: Any, Yd: Any, ws: Any, index: Any) -> Callable[[], None]:
+    """The batch rows ``index`` of (Xd, Yd) into the workspace."""
+
+    def gather() -> None:
+        ops.gather_rows(Xd, index, out=ws.X)
+        ops.gather_rows(Yd, index, out=ws.Y)
+
+    return gather
+
+
+def _gather_at_cursor(
+    ops: Any, Xd: Any, Yd: Any, ws: Any, plan: Any, offset: int, advance: int
+) -> Callable[[], None]:
+    """The batch at the device cursor of ``plan`` (this rank's share starts ``offset`` rows
+    into it) into the workspace; then the cursor moves on by the whole batch, ``advance``."""
+    n = plan.index.shape[0]
+
+    def gather() -> None:
+        ops.gather_batch(Xd, plan.index, plan.cursor, offset, out=ws.X)
+        ops.gather_batch(Yd, plan.index, plan.cursor, offset, out=ws.Y)
+        ops.advance_cursor(plan.cursor, advance, n)
+
+    return gather
+
+
 def _training_step(
-    net: Network, opt: Optimizer, Xd: Any, Yd: Any, index: Any, X: Any, Y: Any, ws: Any,
+    net: Network, opt: Optimizer, gather: Callable[[], None] | None, X: Any, Y: Any, ws: Any,
     scale: float, with_update: bool,
 ) -> Callable[[], None]:
-    """One step as a closure over fixed buffers: gather the batch (when ``index`` is given),
-    feedforward, add its cost to ``net.epoch_cost``, backpropagate, and (``with_update``)
+    """One step as a closure over fixed buffers: ``gather`` the batch (when given; into X and
+    Y), feedforward, add its cost to ``net.epoch_cost``, backpropagate, and (``with_update``)
     update the parameters. A backend may record it once and replay it."""
     ops = net.backend
 
     def step() -> None:
-        if index is not None:
-            ops.gather_rows(Xd, index, out=X)
-            ops.gather_rows(Yd, index, out=Y)
+        if gather is not None:
+            gather()
         net.feedforward(X, ws)
         net.add_cost(Y, ws, net.epoch_cost)
         net.backprop(X, Y, ws, scale)

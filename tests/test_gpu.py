@@ -268,11 +268,11 @@ def test_an_epoch_does_not_synchronise(device):
 # ------------------------------------------------------------------------ errors and options
 def test_out_of_memory_becomes_device_memory_error(device):
     cupy = device.cupy
-    from gpunn.backend.cupy_ops import workspace_bytes
+    from gpunn.network import Workspace
 
     ops = cupy_ops()
     sizes, rows = [100_000, 100_000, 10], 1 << 20
-    need = workspace_bytes(sizes, rows, "float32")
+    need = Workspace.nbytes(sizes, rows, "float32")
     with pytest.raises(DeviceMemoryError, match=f"batch of {rows} rows"):
         with ops.memory_guard("allocating the training buffers", rows, need):
             cupy.empty(need // 4, dtype=cupy.float32)
@@ -471,6 +471,56 @@ def test_bench_runs_the_cupy_backend(device):
     assert result["gemm"]["cupy"]["gflops"] > 0
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+def test_resumed_training_equals_the_straight_run(device, tmp_path, optimizer):
+    """2 epochs, saved, loaded with the optimizer's state, 2 more: the weights of 4 straight
+    epochs, on the GPU as on NumPy (Adam's device step counter restarts at the saved count)."""
+    X, y = _data(n=50)
+    options = {"batch_size": 8, "optimizer": optimizer, "lr": 0.01, "seed": 3,
+               "total_epochs": 4, "progress": False, "schedule": "cosine"}
+    straight = gpunn.Network([12, 9, 3], backend=cupy_ops(), seed=1, dtype="float64")
+    straight.fit(X, y, epochs=4, **options)
+    half = gpunn.Network([12, 9, 3], backend=cupy_ops(), seed=1, dtype="float64")
+    half.fit(X, y, epochs=2, **options)
+    half.save(tmp_path / "half.npz")
+    resumed = gpunn.load(tmp_path / "half.npz", backend=cupy_ops())
+    opt = resumed.checkpoint.optimizer()
+    opt.load_state_arrays(resumed.backend, resumed.checkpoint.optimizer_state, resumed.dtype)
+    resumed.fit(X, y, epochs=2, initial_epoch=2, **{**options, "optimizer": opt})
+    for (W0, b0), (W1, b1) in zip(straight.get_params(), resumed.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-12, atol=1e-14)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-14)
+
+
+def test_command_line_trains_on_the_gpu_and_resumes(device, tmp_path, capsys, monkeypatch):
+    """``gpunn train --backend cupy --tf32``, saved, resumed on the GPU, evaluated on NumPy:
+    the resumed run ends where the uninterrupted one does."""
+    from gpunn import cli
+
+    monkeypatch.setenv("GPUNN_TF32", "0")  # restored after the test
+    rng = numpy.random.default_rng(2)
+    X = rng.normal(size=(120, 5))
+    numpy.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > X[:, 1]).astype(int))
+    data = ["--data", str(tmp_path / "d.npz"), "--hidden", "7", "--batch-size", "16",
+            "--optimizer", "adam", "--lr", "0.01", "--schedule", "cosine", "--schedule-epochs",
+            "4", "--quiet"]
+    straight, half = str(tmp_path / "straight.npz"), str(tmp_path / "half.npz")
+    assert cli.main(["train", *data, "--backend", "cupy", "--epochs", "4", "--save",
+                     straight]) == 0
+    assert cli.main(["train", *data, "--backend", "cupy", "--epochs", "2", "--save", half]) == 0
+    assert cli.main(["train", "--backend", "cupy", "--quiet", "--resume", half, "--epochs", "2",
+                     "--save", half, "--tf32"]) == 0
+    a, b = gpunn.load(straight, backend="numpy"), gpunn.load(half, backend="numpy")
+    rtol = 1e-12 if device.simulated else 1e-3  # TF32 changes the last two epochs on a GPU
+    for (W0, b0), (W1, b1) in zip(a.get_params(), b.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=rtol, atol=rtol * 1e-2)
+        numpy.testing.assert_allclose(b1, b0, rtol=rtol, atol=rtol * 1e-2)
+    capsys.readouterr()
+    assert cli.main(["evaluate", half, "--data", str(tmp_path / "d.npz"), "--backend",
+                     "numpy"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------ the simulation
 def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     """The checks that make a pass on the simulated GPU mean something."""
@@ -529,3 +579,38 @@ def test_the_simulation_offers_only_what_cupy_has():
     cuda = {n for n in vars(simulated_cupy.cuda) if not n.startswith("_")}
     assert cuda - set(dir(real.cuda)) == set()
     assert set(vars(simulated_cupy.runtime)) - set(dir(real.cuda.runtime)) == set()
+
+
+@pytest.mark.parametrize("hidden", [1, 2, 3])
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
+def test_a_step_is_the_fused_kernels_and_a_recorded_step_one_launch(simulated, hidden,
+                                                                      optimizer):
+    """Per eager step of L layers: the batch gather (X, Y, and the cursor), per layer a GEMM
+    and ONE bias + σ kernel, one cost, one output delta, per layer dW, db, and (below the
+    last) δ propagation and σ', and ONE update for all layers (Adam: one more, its step
+    count): 4 + 6L launches, nothing else. Recorded, the same step is one graph launch and
+    nothing else: more steps in an epoch add graph launches only."""
+    from gpunn import train
+
+    sizes = [12, *([16] * hidden), 3]
+    layers = len(sizes) - 1
+
+    def last_epoch(graphs, n):
+        """(launches, of which graph launches) of an epoch after two epochs of warm-up."""
+        ops = cupy_ops(graphs=graphs)
+        net = gpunn.Network(sizes, output="softmax", loss="cross_entropy", backend=ops, seed=0)
+        X, y = _data(n=n)
+        Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
+        opt = make_optimizer(optimizer, 0.01)
+        with ops.training_scope(10):
+            for epoch in range(3):
+                launches, graphs_before = simulated.launches, simulated.graph_launches
+                train.run_epoch(net, Xd, Yd, opt, 10, True, 0, epoch)
+        return simulated.launches - launches, simulated.graph_launches - graphs_before
+
+    (eager_60, no_graphs), (eager_120, _) = last_epoch(False, 60), last_epoch(False, 120)
+    (recorded_60, graphs_60), (recorded_120, graphs_120) = (last_epoch(True, 60),
+                                                            last_epoch(True, 120))
+    assert no_graphs == 0 and (graphs_60, graphs_120) == (6, 12)
+    assert recorded_120 - recorded_60 == 6  # six more steps: six more graph launches
+    assert eager_120 - eager_60 == 6 * (4 + 6 * layers + (optimizer == "adam"))

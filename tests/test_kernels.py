@@ -221,10 +221,13 @@ def test_gather_references_match_ops(rng, dtype):
     numpy.testing.assert_array_equal(got, REF.gather_rows(src, order[4:10], numpy.empty_like(got)))
 
     # gather_batch + advance_cursor walk through an epoch's batches with the cursor on the device
-    cursor = numpy.asarray(0, dtype=numpy.int64)
+    # (offset: where a rank's share starts in each batch)
+    cursor, share = numpy.asarray(0, dtype=numpy.int64), got[:4]
     for start in range(0, 18, 6):
-        K.GATHER_BATCH.reference(src, order, cursor, numpy.int64(3), got)
-        numpy.testing.assert_array_equal(got, src[order[start : start + 6]])
+        K.GATHER_BATCH.reference(src, order, cursor, numpy.int64(2), numpy.int64(3), share)
+        numpy.testing.assert_array_equal(share, src[order[start + 2 : start + 6]])
+        REF.gather_batch(src, order, cursor, 2, out=got[:4])
+        numpy.testing.assert_array_equal(got[:4], share)
         K.ADVANCE_CURSOR.reference(numpy.int64(6), numpy.int64(18), cursor)
     assert int(cursor) == 0
 
@@ -349,10 +352,9 @@ def test_memory_guard_names_the_batch_and_the_memory():
 
 def test_workspace_bytes_is_what_a_workspace_allocates():
     from gpunn.backend import NumpyOps
-    from gpunn.backend.cupy_ops import workspace_bytes
     from gpunn.network import Workspace
 
     for sizes, rows, dtype in (([784, 30, 10], 10, "float32"), ([5, 7, 7, 3], 33, "float64")):
         ws = Workspace.allocate(NumpyOps(), sizes, rows, numpy.dtype(dtype))
-        arrays = [*ws.A, ws.Z_out, *ws.delta, *ws.scratch, ws.X, ws.Y, ws.index]
-        assert workspace_bytes(sizes, rows, dtype) == sum(a.nbytes for a in arrays)
+        arrays = [*ws.A, ws.Z_out, *ws.delta, *ws.scratch, ws.X, ws.Y]
+        assert Workspace.nbytes(sizes, rows, dtype) == sum(a.nbytes for a in arrays)

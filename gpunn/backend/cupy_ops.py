@@ -45,7 +45,7 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy
@@ -65,18 +65,6 @@ def _env_flag(name: str, default: bool) -> bool:
     if not value:
         return default
     return value not in ("0", "false", "no", "off")
-
-
-def workspace_bytes(sizes: Sequence[int], rows: int, dtype: Any) -> int:
-    """Bytes that :class:`gpunn.network.Workspace` allocates for a batch of ``rows``.
-
-    Per hidden and output layer of width n: A, δ and scratch, rows × n each; plus z^(L), the
-    batch X and Y, and the int64 index of a shuffled batch.
-    """
-    itemsize = numpy.dtype(dtype).itemsize
-    widths = list(sizes[1:])
-    elements = rows * (3 * sum(widths) + 2 * widths[-1] + sizes[0])
-    return elements * itemsize + rows * 8
 
 
 def _mib(nbytes: int) -> str:
@@ -220,6 +208,20 @@ class CupyOps(Ops):
         cols = math.prod(source.shape[1:])
         K.GATHER_ROWS.build()(source, index.reshape(-1, *([1] * (out.ndim - 1))), cols, out)
         return out
+
+    def gather_batch(
+        self, source: Array, order: Array, cursor: Array, offset: int, out: Array
+    ) -> Array:
+        """out[r] = source[order[cursor + offset + r]] in one kernel, the cursor read there."""
+        if not source.flags.c_contiguous or source.dtype != out.dtype:
+            return super().gather_batch(source, order, cursor, offset, out)
+        cols = math.prod(source.shape[1:])
+        K.GATHER_BATCH.build()(source, order, cursor, numpy.int64(offset), cols, out)
+        return out
+
+    def advance_cursor(self, cursor: Array, rows: int, n: int) -> None:
+        """cursor ← (cursor + rows) mod n: one thread."""
+        K.ADVANCE_CURSOR.build()(numpy.int64(rows), numpy.int64(n), cursor)
 
     @contextlib.contextmanager
     def memory_guard(self, what: str, rows: int, nbytes: int) -> Iterator[None]:

@@ -23,7 +23,7 @@ kernel                      what it computes (one sample per row)
 ``adam_update``             θ ← θ(1 − ηλ);  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
                             θ ← θ − c₁ m / (√(c₂ v) + ε)
 ``gather_rows``             out[r] = source[index[r]]                 (a shuffled batch)
-``gather_batch``            out[r] = source[order[cursor + r]]        (cursor read on the device)
+``gather_batch``            out[r] = source[order[cursor + k + r]]    (cursor read on the device)
 ``advance_cursor``          cursor ← (cursor + rows) mod n            (one thread)
 ==========================  =====================================================================
 
@@ -546,10 +546,11 @@ def _gather_rows_ref(
 
 
 def _gather_batch_ref(
-    src: numpy.ndarray, order: numpy.ndarray, cursor: numpy.ndarray, cols: Any, out: numpy.ndarray
+    src: numpy.ndarray, order: numpy.ndarray, cursor: numpy.ndarray, offset: Any, cols: Any,
+    out: numpy.ndarray,
 ) -> None:
     rows = out.size // int(cols)
-    start = int(cursor)
+    start = int(cursor) + int(offset)
     index = order.reshape(-1)[start : start + rows]
     numpy.take(src.reshape(-1, int(cols)), index, axis=0, out=out.reshape(rows, int(cols)))
 
@@ -568,11 +569,12 @@ GATHER_ROWS = Elementwise(
 )
 GATHER_BATCH = Elementwise(
     "gather_batch",
-    "raw T src, raw I order, raw int64 cursor, int64 cols",
+    "raw T src, raw I order, raw int64 cursor, int64 offset, int64 cols",
     "T out",
-    "out = src[(ptrdiff_t)order[cursor[0] + i / cols] * cols + i % cols];",
+    "out = src[(ptrdiff_t)order[cursor[0] + offset + i / cols] * cols + i % cols];",
     _gather_batch_ref,
-    "out[r] = src[order[cursor + r]]: the next shuffled batch, its offset read on the device",
+    "out[r] = src[order[cursor + k + r]]: the next batch (k: a rank's offset in it), its "
+    "position read on the device",
 )
 ADVANCE_CURSOR = Elementwise(
     "advance_cursor",
@@ -738,6 +740,7 @@ def sample_arguments(name: str, dtype: Any, rows: int = 7, cols: int = 5, seed: 
             arr(3 * rows, cols),
             order,
             cursor,
+            numpy.int64(rows // 2),
             numpy.int64(cols),
             numpy.empty((rows, cols), dt),
         ]

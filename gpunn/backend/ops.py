@@ -312,6 +312,23 @@ class Ops:
         """out[i] = source[index[i]]: a shuffled mini-batch, gathered on the device."""
         return self.xp.take(source, index, axis=0, out=out)
 
+    def gather_batch(
+        self, source: Array, order: Array, cursor: Array, offset: int, out: Array
+    ) -> Array:
+        """out[r] = source[order[cursor + offset + r]]: the next batch of an epoch, where the
+        0-d integer ``cursor`` says how far the epoch has come.
+
+        The position lives on the device, so a recorded step (one replay for every batch of
+        its size) still gathers its own batch. This reference reads it on the host; the CuPy
+        backend reads it in its kernel.
+        """
+        start = int(cursor) + int(offset)
+        return self.gather_rows(source, order[start : start + out.shape[0]], out)
+
+    def advance_cursor(self, cursor: Array, rows: int, n: int) -> None:
+        """cursor ← (cursor + rows) mod n, on the device."""
+        cursor[...] = (cursor + rows) % n
+
     def one_hot(self, labels: Array, n_classes: int, dtype: Any) -> Array:
         """Integer labels (n,) as rows of the identity (n, n_classes), on the device."""
         xp = self.xp
