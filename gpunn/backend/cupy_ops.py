@@ -21,21 +21,19 @@ turns graphs off, ``GPUNN_TF32=1`` turns TensorFloat-32 matrix products on (floa
 tensor cores, ~10-bit mantissa products; through CuPy's ``set_compute_type``, the run-time
 equivalent of ``CUPY_TF32=1``).
 
-Still to be checked on a GPU (this module was written and tested on a machine without one;
-``tests/test_gpu.py`` holds the checks, marked ``gpu``):
+On a machine without a GPU, ``tests/test_gpu.py`` runs this module on the simulated GPU of
+``tests/simulated_cupy.py`` (CuPy's API and rules on NumPy: see ``docs/design.md``), which
+checks the Python side: the kernels' arguments, what a recorded step captures, that nothing in
+the step loop synchronises. Still to be checked on a GPU (the same tests, marked ``gpu``):
 
 1. every fused kernel equals its NumPy reference (float32, float64), including the two row
    kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+;
-2. ``Network(..., backend="cupy")`` gives NumPy's loss, gradients and trained weights, for
-   every optimizer, shuffle on and off, with and without CUDA graphs;
-3. capture works for a whole step: cuBLAS GEMMs with ``out=`` on transposed views, CuPy's
-   ``sum(axis=0, out=)`` and ``take`` do not synchronise or fail under stream capture; the
-   allocator hook keeps capture-time temporaries alive; the fallback path warns once;
-4. no host transfer or synchronisation inside the step loop (``host_transfers`` per epoch,
-   ``cupyx.allow_synchronize(False)``);
-5. ``memory_guard`` turns a real ``OutOfMemoryError`` into ``DeviceMemoryError``;
-6. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
-7. speed: the issue-6 targets against PyTorch eager with ``gpunn bench`` (not tested here).
+2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
+   transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
+   temporaries alive; the stream ordering of :meth:`CupyOps.stream_scope`;
+3. ``memory_guard`` turns a real ``OutOfMemoryError`` into ``DeviceMemoryError``;
+4. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
+5. speed: the issue-6 targets against PyTorch eager with ``gpunn bench`` (not tested here).
 """
 
 from __future__ import annotations
