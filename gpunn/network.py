@@ -200,6 +200,9 @@ class Network:
         views of its first rows), so a training batch size and an evaluation chunk each keep
         their own buffers and a recorded training step keeps pointing at live memory.
         """
+        exact = self._workspaces.get(rows)
+        if exact is not None:
+            return exact
         fitting = [size for size in self._workspaces if size >= rows]
         if fitting:
             return self._workspaces[min(fitting)].first_rows(rows)

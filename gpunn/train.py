@@ -274,6 +274,7 @@ def run_epoch(
         plan = net.epoch_order(n)
         ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
         plan.cursor[...] = 0
+        buffers = (*map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape)
     cost = net.epoch_cost
     cost[...] = 0
     for batch_start in range(0, n, batch_size):
@@ -302,7 +303,7 @@ def run_epoch(
             step = _training_step(net, opt, gather, X, Y, ws, scale, update_in_step)
             if recorded:
                 key = (ws.serial, scale, update_key if update_in_step else None, offset, advance,
-                       *map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape)
+                       buffers)
                 ops.run_step(key, step)
             else:
                 step()
