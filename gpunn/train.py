@@ -13,16 +13,14 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy
 
 from . import validation
 from .errors import DivergenceError, InputError, InputTypeError
+from .network import Network, Workspace
 from .optim import Optimizer, make_optimizer, make_schedule
-
-if TYPE_CHECKING:
-    from .network import Network
 
 
 class History:
@@ -190,7 +188,10 @@ def fit(
         hook.on_train_begin(net)
     # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
     quiet_fp = numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
-    with ops.training_scope(batch_size), quiet_fp, _progress_bar(epochs, progress) as bar:
+    # the device running out of memory anywhere in training is reported with the batch size
+    oom = ops.memory_guard("training", batch_size,
+                           Workspace.nbytes(net.sizes, batch_size, net.dtype))
+    with oom, ops.training_scope(batch_size), quiet_fp, _progress_bar(epochs, progress) as bar:
         for epoch in range(initial_epoch, initial_epoch + epochs):
             opt.lr = opt.base_lr * lr_factor(epoch)
             ops.copy_into(last_good, net.params)

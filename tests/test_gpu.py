@@ -278,6 +278,28 @@ def test_out_of_memory_becomes_device_memory_error(device):
             cupy.empty(need // 4, dtype=cupy.float32)
 
 
+def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch):
+    """Wherever in training the GPU runs out of memory, the error names the batch size."""
+    import simulated_cupy as cp
+
+    from gpunn.backend.cupy_ops import CupyOps
+
+    calls = []
+    forward = CupyOps.layer_forward
+
+    def failing_forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second step, still eager
+            raise cp.OutOfMemoryError(1 << 30, 1 << 34)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CupyOps, "layer_forward", failing_forward)
+    X, y = _data(n=40)
+    net = gpunn.Network([12, 8, 3], backend=cupy_ops())
+    with pytest.raises(DeviceMemoryError, match="while training for a batch of 8 rows"):
+        net.fit(X, y, epochs=3, batch_size=8, progress=False)
+
+
 def test_tf32_switch_sets_cupys_compute_type(device):
     cupy = device.cupy
     from cupy._core import _routines_linalg as linalg
