@@ -490,7 +490,13 @@ def test_bench_runs_the_cupy_backend(device):
     rows = [r for r in result["rows"] if r["contender"] == "gpunn"]
     assert [r["status"] for r in rows] == ["ok"], rows
     assert rows[0]["timer"] == "cuda-event" and rows[0]["samples_per_s"] > 0
-    assert result["gemm"]["cupy"]["gflops"] > 0
+    gemm = result["gemm"]
+    assert [gemm[name]["dtype"] for name in ("cupy", "cupy-tf32", "cupy-float16")] == [
+        "float32", "float32-tf32", "float16"]
+    assert all(gemm[name]["gflops"] > 0 for name in ("cupy", "cupy-tf32", "cupy-float16"))
+    from gpunn.backend import get_backend
+
+    assert get_backend("cupy").tf32 is False  # the TF32 measurement switched it back off
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])

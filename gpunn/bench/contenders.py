@@ -366,32 +366,45 @@ def gemm_size(backend: str) -> int:
 
 
 def gemm_gflops(matmul: Callable[[], Any], n: int, timer: Timer, repeats: int = 5,
-                warmup: int = 1) -> dict:
-    """Median (and min/max) GFLOP/s of an n x n x n float32 product (2 n^3 FLOPs)."""
+                warmup: int = 1, dtype: str = "float32") -> dict:
+    """Median (and min/max) GFLOP/s of an n x n x n product (2 n^3 FLOPs)."""
     m = measure(matmul, steps=1, batch=1, timer=timer, warmup=warmup, repeats=repeats)
     flops = 2.0 * n**3
     return {"n": n, "gflops": flops / m.median / 1e9, "gflops_min": flops / m.max / 1e9,
             "gflops_max": flops / m.min / 1e9, "median_s": m.median, "repeats": repeats,
-            "timer": m.timer, "dtype": "float32"}
+            "timer": m.timer, "dtype": dtype}
 
 
-def backend_matmul(backend_name: str, n: int, seed: int = 0) -> tuple[Callable[[], Any], Timer]:
-    """An n x n x n float32 product on a gpunn backend (``xp.matmul`` into a preallocated
-    output), with the timer for that backend: the GEMM ceiling's unit of work."""
+def backend_matmul(backend_name: str, n: int, seed: int = 0,
+                   dtype: str = "float32") -> tuple[Callable[[], Any], Timer]:
+    """An n x n x n product on a gpunn backend (``xp.matmul`` into a preallocated output),
+    with the timer for that backend: the GEMM ceiling's unit of work."""
     from gpunn.backend import get_backend
 
     be = get_backend(backend_name)
     rng = np.random.default_rng(seed)
-    A = be.asarray(rng.random((n, n), dtype=np.float32))
-    B = be.asarray(rng.random((n, n), dtype=np.float32))
-    C = be.asarray(np.empty((n, n), dtype=np.float32))
+    A = be.asarray(rng.random((n, n), dtype=np.float32), dtype=dtype)
+    B = be.asarray(rng.random((n, n), dtype=np.float32), dtype=dtype)
+    C = be.asarray(np.empty((n, n), dtype=dtype))
     return (lambda: be.xp.matmul(A, B, out=C)), backend_timer(be)
 
 
-def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0) -> dict:
-    """The float32 GEMM rate of a gpunn backend."""
-    matmul, timer = backend_matmul(backend_name, n, seed)
-    out = gemm_gflops(matmul, n, timer, repeats)
+def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0,
+                 dtype: str = "float32", tf32: bool = False) -> dict:
+    """The GEMM rate of a gpunn backend: float32 by default; ``tf32`` measures float32 on
+    the GPU's tensor cores (``--tf32``), ``dtype="float16"`` half-precision storage."""
+    from gpunn.backend import get_backend
+
+    be = get_backend(backend_name)
+    before = getattr(be, "tf32", False)
+    if tf32:
+        be.set_tf32(True)
+    try:
+        matmul, timer = backend_matmul(backend_name, n, seed, dtype)
+        out = gemm_gflops(matmul, n, timer, repeats, dtype=dtype + ("-tf32" if tf32 else ""))
+    finally:
+        if tf32:
+            be.set_tf32(before)
     out["library"] = backend_name
     return out
 

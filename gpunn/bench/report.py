@@ -42,11 +42,11 @@ def format_table(results: dict | list) -> str:
     if isinstance(results, dict):
         for name, g in (results.get("gemm") or {}).items():
             if "gflops" in g:
-                lines.append(f"float32 GEMM ceiling {name:<10} n={g['n']:<5} "
-                             f"{g['gflops']:8.1f} GFLOP/s (min {g['gflops_min']:.1f}, "
-                             f"max {g['gflops_max']:.1f})")
+                lines.append(f"GEMM ceiling {name:<12} {g.get('dtype', 'float32'):<12} "
+                             f"n={g['n']:<5} {g['gflops']:8.1f} GFLOP/s (min "
+                             f"{g['gflops_min']:.1f}, max {g['gflops_max']:.1f})")
             else:
-                lines.append(f"float32 GEMM ceiling {name:<10} {g.get('error', '?')}")
+                lines.append(f"GEMM ceiling {name:<12} {g.get('error', '?')}")
         if lines:
             lines.append("")
     header = (f"{'backend':<7} {'contender':<17} {'config':<12} {'batch':>6} "

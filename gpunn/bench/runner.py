@@ -228,6 +228,15 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
             say(f"[bench] {backend} float32 GEMM {n_gemm}: {gemm[backend]['gflops']:.1f} GFLOP/s")
         except Exception as exc:  # report, keep going
             gemm[backend] = {"error": f"{type(exc).__name__}: {exc}"}
+        if backend == "cupy":  # the tensor-core rates that --tf32 and float16 storage could reach
+            for name, options in (("cupy-tf32", {"tf32": True}),
+                                  ("cupy-float16", {"dtype": "float16"})):
+                try:
+                    gemm[name] = C.backend_gemm(backend, n_gemm, repeats=repeats, seed=seed,
+                                                **options)
+                    say(f"[bench] {name} GEMM {n_gemm}: {gemm[name]['gflops']:.1f} GFLOP/s")
+                except Exception as exc:  # report, keep going
+                    gemm[name] = {"error": f"{type(exc).__name__}: {exc}"}
         if peers:
             try:
                 gemm[f"torch-{device}"] = C.torch_gemm(backend, n_gemm, repeats=repeats)
