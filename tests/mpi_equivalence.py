@@ -2,6 +2,8 @@
 
     mpiexec -n 2 python tests/mpi_equivalence.py            # CPU ranks over MPI
     mpiexec -n 2 python tests/mpi_equivalence.py nccl       # one rank per GPU over NCCL
+    mpiexec -n 2 python tests/mpi_equivalence.py simulated  # the CuPy backend over MPI, each
+                                                            # rank on a simulated GPU
 
 Every rank trains the same network with ``comm=connect("mpi")`` (each taking its share of every
 global batch) and, locally, a reference copy as one process with the same global batch; the
@@ -81,8 +83,16 @@ def run_case(comm, case: tuple, backend: str) -> tuple[bool, str]:
 
 
 def main() -> int:
-    engine = sys.argv[1] if len(sys.argv) > 1 else "mpi"
-    backend = "cupy" if engine == "nccl" else "numpy"
+    mode = sys.argv[1] if len(sys.argv) > 1 else "mpi"
+    if mode == "simulated":
+        import simulated_cupy  # beside this file
+
+        with simulated_cupy.install():
+            return run_all("mpi", "cupy")
+    return run_all(mode, "cupy" if mode == "nccl" else "numpy")
+
+
+def run_all(engine: str, backend: str) -> int:
     comm = connect(engine, backend)
     if isinstance(comm, SingleProcess):
         print("not launched by mpiexec: run `mpiexec -n 2 python tests/mpi_equivalence.py`")

@@ -290,6 +290,7 @@ class ndarray:  # named as in CuPy
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray._of(self._a.T))
     data = property(lambda self: MemoryPointer(self._a))
+    device = property(lambda self: Device(0))
 
     def __len__(self) -> int:
         return len(self._a)

@@ -416,6 +416,14 @@ def test_mpi_ranks_train_like_one_process(ranks):
     assert f"4/4 cases: {ranks} ranks (mpi, numpy) equal single-process training" in done.stdout
 
 
+def test_mpi_ranks_on_simulated_gpus_train_like_one_process():
+    """The CuPy backend over MPI (device arrays staged through the host), each rank on the
+    simulated GPU of tests/simulated_cupy.py, with recorded steps."""
+    done = launch(2, "simulated")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4/4 cases: 2 ranks (mpi, cupy) equal single-process training" in done.stdout
+
+
 # ---------------------------------------------------------------------- GPUs
 def gpu_count() -> int:
     if not gpu_available():
