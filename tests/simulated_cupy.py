@@ -22,10 +22,15 @@ the CPU:
   launch, and a buffer replaced after capture is not the one a replay writes: a replayed step
   computes what a real CUDA graph computes. A host synchronisation while capturing, or device
   work issued on another stream, raises as CUDA does.
+* **Streams must be ordered.** Work runs at once, in issue order, but every piece of it is
+  stamped with its stream and a vector clock (events, ``wait_event``, host synchronisation and
+  the legacy stream's implicit rules advance the clocks). Touching an array that another
+  stream wrote, or writing one it read, without something ordering the two raises
+  :class:`RaceError`: on a GPU the result would depend on timing.
 * ``cupyx.allow_synchronize(False)`` makes every device-to-host read raise; an allocation
   larger than :attr:`State.memory_limit` raises ``cupy.cuda.memory.OutOfMemoryError``.
 
-Not simulated: timing, asynchrony (work runs in issue order), the rounding of CUDA's math.
+Not simulated: timing, the rounding of CUDA's math.
 
 Use :func:`install` (a context manager) to put it in the place of CuPy for gpunn.
 """
@@ -34,12 +39,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import operator
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy
@@ -63,6 +70,8 @@ class State:
         self.graph_launches = 0
         self.memory_limit = 2 << 30  # bytes; a larger single allocation is out of memory
         self.compute_type: dict[str, int] = {}
+        self.streams: weakref.WeakSet[Stream] = weakref.WeakSet()
+        self.buffers: dict[int, _Buffer] = {}  # who last wrote and read each allocation
         # the names the installed CuPy has (None without CuPy): the simulation offers no other
         self.cupy_names: set[str] | None = None
         self.ndarray_names: set[str] | None = None
@@ -102,13 +111,91 @@ def _forbid_sync(what: str) -> None:
         raise DeviceSynchronized(f"synchronisation detected: {what}")
 
 
-def _read_to_host(what: str) -> None:
+def _read_to_host(what: str, array: numpy.ndarray) -> None:
+    """A device-to-host copy on the current stream, which the host then waits for."""
     _forbid_sync(what)
+    stream = get_current_stream()
+    _access(stream, reads=[array], writes=[], what=what)
+    _host_waits_for(stream.clock)
     state.device_to_host += 1
 
 
+# ---------------------------------------------------------------------------- ordering
+class RaceError(RuntimeError):
+    """Two streams touch one array and nothing orders them: on a GPU, a race."""
+
+
+class _Buffer:
+    """The last write to an allocation (stream serial, its clock), and reads since then."""
+
+    __slots__ = ("reads", "write")
+
+    def __init__(self) -> None:
+        self.write: tuple[int, int] | None = None
+        self.reads: dict[int, int] = {}
+
+
+def _buffer(array: numpy.ndarray) -> _Buffer:
+    root = array
+    while isinstance(root.base, numpy.ndarray):
+        root = root.base
+    key = id(root)
+    found = state.buffers.get(key)
+    if found is None:
+        found = state.buffers[key] = _Buffer()
+        weakref.finalize(root, state.buffers.pop, key, None)
+    return found
+
+
+def _join(clock: dict[int, int], other: dict[int, int]) -> None:
+    for serial, tick in other.items():
+        if clock.get(serial, 0) < tick:
+            clock[serial] = tick
+
+
+def _host_waits_for(clock: dict[int, int]) -> None:
+    """The host waited for the work ``clock`` covers: all work issued later comes after it."""
+    for stream in (Stream.null, *state.streams):
+        _join(stream.clock, clock)
+
+
+def _access(stream: Stream, reads: Iterable[numpy.ndarray], writes: Iterable[numpy.ndarray],
+            what: str = "device work") -> None:
+    """Stamp work on ``stream`` that reads and writes these arrays; raise on a race."""
+    if stream.is_null:  # the legacy stream waits for the blocking streams, and they for it
+        for other in state.streams:
+            if not other.non_blocking:
+                _join(stream.clock, other.clock)
+    elif not stream.non_blocking:
+        _join(stream.clock, Stream.null.clock)
+    stream.tick += 1
+    stream.clock[stream.serial] = stream.tick
+
+    def check(stamp: tuple[int, int], verb: str) -> None:
+        serial, tick = stamp
+        if serial != stream.serial and stream.clock.get(serial, 0) < tick:
+            raise RaceError(
+                f"{what} on {stream} {verb} an array that work on another stream touched, with "
+                "no event, synchronisation or stream rule ordering the two"
+            )
+
+    for array in reads:
+        buffer = _buffer(array)
+        if buffer.write is not None:
+            check(buffer.write, "reads")
+        buffer.reads[stream.serial] = stream.tick
+    for array in writes:
+        buffer = _buffer(array)
+        if buffer.write is not None:
+            check(buffer.write, "writes")
+        for stamp in buffer.reads.items():
+            check(stamp, "writes")
+        buffer.write, buffer.reads = (stream.serial, stream.tick), {}
+
+
 # ---------------------------------------------------------------------------- device work
-def _launch(work: Callable[[], Any], stream: Stream | None = None) -> None:
+def _launch(work: Callable[[], Any], reads: Iterable[numpy.ndarray] = (),
+            writes: Iterable[numpy.ndarray] = (), stream: Stream | None = None) -> None:
     """Run ``work`` on ``stream`` (the current one by default), or record it if it captures."""
     stream = stream if stream is not None else get_current_stream()
     if state.capturing is not None:
@@ -118,7 +205,10 @@ def _launch(work: Callable[[], Any], stream: Stream | None = None) -> None:
                 "stream is capturing"
             )
         stream.recording.append(work)
+        stream.touched[0].extend(reads)
+        stream.touched[1].extend(writes)
         return
+    _access(stream, reads, writes)
     state.launches += 1
     work()
 
@@ -155,14 +245,6 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-def _host_arrays(value: Any) -> list[numpy.ndarray]:
-    if isinstance(value, numpy.ndarray):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [a for v in value for a in _host_arrays(v)]
-    return []
-
-
 def _wrap(result: Any, inputs: list[numpy.ndarray], originals: dict[int, ndarray]) -> Any:
     if isinstance(result, numpy.ndarray):
         known = originals.get(id(result))
@@ -193,25 +275,26 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, mutates: bool = Fals
     devices = [v for v in (*args, *kwargs.values()) for v in _flatten(v)]
     inputs = [d._a for d in devices]
     originals = {id(d._a): d for d in devices}
-    writes = mutates or kwargs.get("out") is not None
-    if writes:
+    out = kwargs.get("out")
+    if mutates or out is not None:
+        targets = _flatten(out) if out is not None else _flatten(args[0])
+        written = [t._a for t in targets]
+        read = [a for a in inputs if not any(a is w for w in written)]
         result_box: list[Any] = []
-        _launch(lambda: result_box.append(fn(*host_args, **host_kwargs)))
+        _launch(lambda: result_box.append(fn(*host_args, **host_kwargs)), read, written)
         if state.capturing is not None:
-            out = kwargs.get("out", args[0] if args else None)
-            return out
+            return out if out is not None else args[0]
         return _wrap(result_box[0], inputs, originals)
     result = fn(*host_args, **host_kwargs)
     if isinstance(result, numpy.generic):
         result = numpy.asarray(result)
     if _is_new(result, inputs):
         _allocated(result)
-        if state.capturing is not None:
-            state.capturing.recording.append(
-                lambda: numpy.copyto(result, fn(*host_args, **host_kwargs))
-            )
+        if state.capturing is not None:  # record its recomputation into the same memory
+            _launch(lambda: numpy.copyto(result, fn(*host_args, **host_kwargs)), inputs,
+                    [result])
         else:
-            state.launches += 1
+            _launch(lambda: None, inputs, [result])  # computed above: stamp it
     return _wrap(result, inputs, originals)
 
 
@@ -236,7 +319,8 @@ class MemoryPointer:
         src_bytes = src._array.reshape(-1).view(numpy.uint8)
         if size > min(dst_bytes.size, src_bytes.size):
             raise ValueError(f"copy of {size} bytes exceeds a buffer")
-        _launch(lambda: numpy.copyto(dst_bytes[:size], src_bytes[:size]), stream)
+        _launch(lambda: numpy.copyto(dst_bytes[:size], src_bytes[:size]), [src._array],
+                [self._array], stream)
 
 
 def _binary(fn: Callable[..., Any], reflected: bool = False) -> Callable[..., Any]:
@@ -300,27 +384,27 @@ class ndarray:  # named as in CuPy
 
     # device-to-host reads: explicit, counted, refused while capturing
     def get(self, stream: Any = None) -> numpy.ndarray:
-        _read_to_host("ndarray.get()")
+        _read_to_host("ndarray.get()", self._a)
         return self._a.copy()
 
     def item(self) -> Any:
-        _read_to_host("ndarray.item()")
+        _read_to_host("ndarray.item()", self._a)
         return self._a.item()
 
     def tolist(self) -> Any:
-        _read_to_host("ndarray.tolist()")
+        _read_to_host("ndarray.tolist()", self._a)
         return self._a.tolist()
 
     def __float__(self) -> float:
-        _read_to_host("float(ndarray)")
+        _read_to_host("float(ndarray)", self._a)
         return float(self._a)
 
     def __int__(self) -> int:
-        _read_to_host("int(ndarray)")
+        _read_to_host("int(ndarray)", self._a)
         return int(self._a)
 
     def __bool__(self) -> bool:
-        _read_to_host("bool(ndarray)")
+        _read_to_host("bool(ndarray)", self._a)
         return bool(self._a)
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
@@ -390,7 +474,8 @@ def asarray(value: Any, dtype: Any = None, order: Any = None) -> ndarray:
     _forbid_sync("a host-to-device copy from pageable memory")
     host = numpy.array(value, dtype=dtype, order=order or "K", copy=True)
     state.host_to_device += 1
-    return ndarray._of(_allocated(host))
+    _launch(lambda: None, (), [_allocated(host)])  # the copy, on the current stream
+    return ndarray._of(host)
 
 
 def array(value: Any, dtype: Any = None, copy: bool = True, order: Any = None) -> ndarray:
@@ -408,7 +493,7 @@ def _creation(fill: Callable[[numpy.ndarray], None] | None) -> Callable[..., nda
         _check_size(shape, dtype)
         host = _allocated(numpy.empty(shape, dtype))
         if fill is not None:
-            _launch(functools.partial(fill, host))
+            _launch(functools.partial(fill, host), (), [host])
         return ndarray._of(host)
 
     return create
@@ -508,6 +593,10 @@ def _check_arguments(
     return shapes
 
 
+def _device_arrays(args: Iterable[Any]) -> list[numpy.ndarray]:
+    return [a._a for a in args if isinstance(a, ndarray)]
+
+
 def _spec(kernel_name: str, specs: dict[str, Any]) -> Any:
     if not kernel_name.startswith("gpunn_") or kernel_name[6:] not in specs:
         raise ValueError(f"the simulated GPU knows no kernel named {kernel_name!r}")
@@ -539,7 +628,8 @@ class ElementwiseKernel:
                     f"broadcast to {broadcast}"
                 )
         host = _unwrap(args)
-        _launch(lambda: self.spec.reference(*host))
+        _launch(lambda: self.spec.reference(*host), _device_arrays(args[: self.n_in]),
+                _device_arrays(args[self.n_in :]))
         outs = args[self.n_in :]
         return outs[0] if n_out == 1 else outs
 
@@ -559,7 +649,7 @@ class ReductionKernel:
         if args[-1].shape != ():
             raise ValueError(f"{self.name}: a full reduction writes a 0-d output")
         host = _unwrap(args)
-        _launch(lambda: self.spec.reference(*host))
+        _launch(lambda: self.spec.reference(*host), _device_arrays(args[:-1]), [args[-1]._a])
         return args[-1]
 
 
@@ -609,19 +699,27 @@ class _RowKernel:
         if not 1 <= grid[0] <= 65535:
             raise ValueError(f"{self.name}: a grid of {grid[0]} blocks")
         host = _unwrap(args)
-        _launch(lambda: self.reference(*host))
+        reads, writes = ([other], [z, out]) if softmax else ([z, other], [out])
+        _launch(lambda: self.reference(*host), _device_arrays(reads), _device_arrays(writes))
 
 
 # ---------------------------------------------------------------------------- cuda
 class Event:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.time: float | None = None
+        self.clock: dict[int, int] = {}
 
-    def record(self, stream: Any = None) -> None:
+    def record(self, stream: Stream | None = None) -> None:
+        stream = stream if stream is not None else get_current_stream()
         self.time = time.perf_counter()
+        self.clock = dict(stream.clock)
 
     def synchronize(self) -> None:
         _forbid_sync("Event.synchronize()")
+        _host_waits_for(self.clock)
+
+
+_stream_serials = itertools.count(1)
 
 
 class Stream:
@@ -629,7 +727,17 @@ class Stream:
 
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False):
         self.is_null = null
+        self.non_blocking = non_blocking
+        self.serial = next(_stream_serials)
+        self.tick = 0
+        self.clock: dict[int, int] = {}  # the last work of each stream that this one is after
         self.recording: list[Callable[[], Any]] = []
+        self.touched: tuple[list, list] = ([], [])  # arrays read and written while capturing
+        if not null:
+            state.streams.add(self)
+
+    def __repr__(self) -> str:
+        return "the legacy stream" if self.is_null else f"stream {self.serial}"
 
     def __enter__(self) -> Stream:
         state.stack.append(self)
@@ -644,34 +752,33 @@ class Stream:
         return event
 
     def wait_event(self, event: Event) -> None:
-        """Ordering only: the simulation runs everything in issue order."""
+        _join(self.clock, event.clock)
 
     def synchronize(self) -> None:
         _forbid_sync("Stream.synchronize()")
+        _host_waits_for(self.clock)
 
     def begin_capture(self, mode: Any = None) -> None:
         if self.is_null:
             raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: the legacy stream")
         if state.capturing is not None:
             raise CUDARuntimeError("cudaErrorIllegalState: a stream is already capturing")
-        state.capturing, self.recording = self, []
+        state.capturing, self.recording, self.touched = self, [], ([], [])
 
     def end_capture(self) -> Graph:
         if state.capturing is not self:
             raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: not capturing")
         state.capturing = None
-        return Graph(self.recording)
+        return Graph(self.recording, *self.touched)
 
     def is_capturing(self) -> bool:
         return state.capturing is self
 
 
-Stream.null = Stream(null=True)
-
-
 class Graph:
-    def __init__(self, work: list[Callable[[], Any]]) -> None:
+    def __init__(self, work: list[Callable[[], Any]], reads: list, writes: list) -> None:
         self.work = list(work)
+        self.reads, self.writes = list(reads), list(writes)
 
     def launch(self, stream: Stream | None = None) -> None:
         def replay() -> None:
@@ -679,7 +786,7 @@ class Graph:
                 work()
 
         state.graph_launches += 1
-        _launch(replay, stream)
+        _launch(replay, self.reads, self.writes, stream)
 
 
 def get_current_stream() -> Stream:
@@ -692,6 +799,10 @@ class Device:
 
     def synchronize(self) -> None:
         _forbid_sync("Device.synchronize()")
+        everything: dict[int, int] = {}
+        for stream in (Stream.null, *state.streams):
+            _join(everything, stream.clock)
+        _host_waits_for(everything)
 
     def use(self) -> None:
         pass
@@ -793,6 +904,7 @@ def install() -> Iterator[State]:
 
     global state
     state = State()
+    Stream.null = Stream(null=True)
     real = cuda_module.cupy
     if real is not None:
         state.cupy_names = set(dir(real))

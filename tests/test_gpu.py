@@ -589,6 +589,18 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
         params.get()
 
+    side = cp.cuda.Stream(non_blocking=True)  # does not wait for the legacy stream
+    data = cp.zeros(4, dtype=numpy.float32)  # written on the legacy stream
+    with side, pytest.raises(cp.RaceError):
+        data += 1
+    side.wait_event(cp.cuda.get_current_stream().record())
+    with side:
+        data += 1  # ordered after the write now
+    with pytest.raises(cp.RaceError):  # the legacy stream reads before the side one is done
+        data.get()
+    cp.cuda.get_current_stream().wait_event(side.record())
+    numpy.testing.assert_array_equal(data.get(), 1.0)
+
 
 def test_the_simulation_offers_only_what_cupy_has():
     """Every name the simulation defines for gpunn to use exists in the installed CuPy (its

@@ -24,13 +24,14 @@ equivalent of ``CUPY_TF32=1``).
 On a machine without a GPU, ``tests/test_gpu.py`` runs this module on the simulated GPU of
 ``tests/simulated_cupy.py`` (CuPy's API and rules on NumPy: see ``docs/design.md``), which
 checks the Python side: the kernels' arguments, what a recorded step captures, that nothing in
-the step loop synchronises. Still to be checked on a GPU (the same tests, marked ``gpu``):
+the step loop synchronises, that the streams are ordered. Still to be checked on a GPU (the
+same tests, marked ``gpu``):
 
 1. every fused kernel equals its NumPy reference (float32, float64), including the two row
    kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+;
 2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
    transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
-   temporaries alive; the stream ordering of :meth:`CupyOps.stream_scope`;
+   temporaries alive;
 3. ``memory_guard`` turns a real ``OutOfMemoryError`` into ``DeviceMemoryError``;
 4. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
 5. speed: the issue-6 targets against PyTorch eager with ``gpunn bench`` (not tested here).
