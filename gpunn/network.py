@@ -162,8 +162,10 @@ class Network:
 
         shapes = [(n_out, n_in) for n_in, n_out in itertools.pairwise(self.sizes)]
         self.n_params = sum(n_out * n_in + n_out for n_out, n_in in shapes)
-        self.params = self.backend.zeros(self.n_params, self.dtype)
-        self.grads = self.backend.zeros(self.n_params, self.dtype)
+        nbytes = 2 * self.n_params * numpy.dtype(self.dtype).itemsize
+        with self.backend.memory_guard("allocating the weights and gradients", None, nbytes):
+            self.params = self.backend.zeros(self.n_params, self.dtype)
+            self.grads = self.backend.zeros(self.n_params, self.dtype)
         self.weights, self.biases = _layer_views(self.params, shapes)
         self.weight_grads, self.bias_grads = _layer_views(self.grads, shapes)
         self._workspaces: dict[int, Workspace] = {}

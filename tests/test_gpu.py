@@ -278,6 +278,13 @@ def test_out_of_memory_becomes_device_memory_error(device):
             cupy.empty(need // 4, dtype=cupy.float32)
 
 
+def test_a_network_too_large_for_the_gpu_says_so(simulated):
+    simulated.memory_limit = 1 << 20  # 1 MiB of device memory
+    with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients: that "
+                       r"needs about 3\.8 MiB .*Use a smaller network"):
+        gpunn.Network([1000, 500, 2], backend=cupy_ops())
+
+
 def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch):
     """Wherever in training the GPU runs out of memory, the error names the batch size."""
     import simulated_cupy as cp

@@ -223,18 +223,21 @@ class CupyOps(Ops):
         K.ADVANCE_CURSOR.build()(numpy.int64(rows), numpy.int64(n), cursor)
 
     @contextlib.contextmanager
-    def memory_guard(self, what: str, rows: int, nbytes: int) -> Iterator[None]:
+    def memory_guard(self, what: str, rows: int | None, nbytes: int) -> Iterator[None]:
         """Turn CuPy's out-of-memory error into :class:`~gpunn.errors.DeviceMemoryError`
-        that names the batch size and the memory needed."""
+        that names the batch size (``rows``, None where there is no batch) and the memory
+        needed."""
         try:
             yield
         except cupy.cuda.memory.OutOfMemoryError as exc:
             free = self._free_bytes()
             where = f" ({_mib(free)} free)" if free is not None else ""
+            batch = "" if rows is None else f" for a batch of {rows} rows"
+            smaller = "a smaller network" if rows is None else "a smaller batch_size or network"
             raise DeviceMemoryError(
-                f"the GPU ran out of memory while {what} for a batch of {rows} rows: that needs "
-                f"about {_mib(nbytes)} on the device{where}. Use a smaller batch_size, a "
-                f"smaller network or float32 ({exc})"
+                f"the GPU ran out of memory while {what}{batch}: that needs about "
+                f"{_mib(nbytes)} on the device{where}. Use {smaller} or float32 instead of "
+                f"float64 ({exc})"
             ) from exc
 
     def _free_bytes(self) -> int | None:

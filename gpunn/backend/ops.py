@@ -83,10 +83,10 @@ class Ops:
         """Drop recorded steps, whose buffers were replaced (nothing is recorded here)."""
 
     def memory_guard(
-        self, what: str, rows: int, nbytes: int
+        self, what: str, rows: int | None, nbytes: int
     ) -> contextlib.AbstractContextManager[Any]:
-        """Turn the device's out-of-memory error into DeviceMemoryError naming ``rows`` and
-        ``nbytes`` (on the CPU, MemoryError is left as it is)."""
+        """Turn the device's out-of-memory error into DeviceMemoryError naming the batch size
+        ``rows`` (None: no batch) and ``nbytes`` (on the CPU, MemoryError is left as it is)."""
         return contextlib.nullcontext()
 
     def synchronize(self) -> None:
