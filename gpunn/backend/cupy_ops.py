@@ -31,7 +31,9 @@ same tests, marked ``gpu``):
    kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+;
 2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
    transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
-   temporaries alive;
+   temporaries alive. cuBLAS may allocate its workspace while captured (memory nodes in the
+   graph from CUDA 12.2, a failed capture before): if the capture falls back, or replays are
+   slower than expected, give the handle a fixed workspace (``cublas.setWorkspace``) first;
 3. ``memory_guard`` turns a real ``OutOfMemoryError`` into ``DeviceMemoryError``;
 4. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
 5. speed: the issue-6 targets against PyTorch eager with ``gpunn bench`` (not tested here).
