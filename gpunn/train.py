@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy
 
-from . import validation
+from . import divergence, validation
 from .errors import DivergenceError, InputError, InputTypeError
 from .network import Network, Workspace
 from .optim import Optimizer, make_optimizer, make_schedule
@@ -146,7 +146,7 @@ def fit(
 
     Divergence: after each epoch, fit raises :class:`~gpunn.errors.DivergenceError` when the
     epoch's summed cost or a weight is NaN or infinite, or when the weights the epoch ends
-    with give an infinite cost on (X, Y) (see :func:`_cost_bound`). The network then keeps
+    with give an infinite cost on (X, Y) (see :mod:`gpunn.divergence`). The network then keeps
     the weights, and the optimizer its state, from the start of that epoch.
     """
     epochs = validation.check_positive_int("epochs", epochs)
@@ -183,7 +183,7 @@ def fit(
     # into buffers allocated once (the optimizer's, once its state exists)
     last_good = ops.empty(net.params.shape, net.params.dtype)
     last_good_state = None
-    data_max = _data_magnitudes(ops, Xd, Yd)
+    data_max = divergence.data_magnitudes(ops, Xd, Yd)
     for hook in hooks:
         hook.on_train_begin(net)
     # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
@@ -200,10 +200,10 @@ def fit(
             cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch, comm)
             ops.synchronize()
             seconds = time.perf_counter() - started
-            loss_sum, params_finite, magnitudes = _read_back(ops, cost, net, data_max)
+            loss_sum, params_finite, magnitudes = divergence.read_back(ops, cost, net, data_max)
             if not (math.isfinite(loss_sum) and params_finite):
                 problem = "the loss or the weights became NaN or infinite"
-            elif _cost_overflows(net, Xd, Yd, magnitudes, comm if distributed else None):
+            elif divergence.cost_overflows(net, Xd, Yd, magnitudes, comm if distributed else None):
                 problem = (
                     "the weights grew so large that the network's outputs overflow "
                     f"{numpy.dtype(net.dtype).name}: its cost on the training data is infinite"
@@ -389,97 +389,6 @@ def _as_callback(callback: Any) -> Callback:
 def _nbytes(*arrays: Any) -> int:
     """Bytes the arrays take (0 for what is not yet an array)."""
     return sum(int(getattr(a, "nbytes", 0)) for a in arrays)
-
-
-def _data_magnitudes(ops: Any, Xd: Any, Yd: Any) -> Any:
-    """[max |x|, max |y|] over the training data, as a float64 device array (made once a fit)."""
-    xp = ops.xp
-
-    def max_abs(a: Any) -> Any:  # two reductions, no array-sized temporary
-        return xp.maximum(a.max(), -a.min()).astype(xp.float64)
-
-    return xp.stack([max_abs(Xd), max_abs(Yd)])
-
-
-def _read_back(
-    ops: Any, cost: Any, net: Network, data_max: Any
-) -> tuple[float, bool, dict[str, Any]]:
-    """The epoch's summed cost, whether every weight is finite, and the magnitudes that
-    :func:`_cost_bound` needs: ‖W^(l)‖_∞ = max_i Σ_j |w_ij| and max |b^(l)| per layer,
-    max |x| and max |y| (``data_max``). One host transfer of 4 + 2L numbers."""
-    xp = ops.xp
-    f64 = xp.float64
-    row_sums = [xp.abs(W).sum(axis=1, dtype=f64).max() for W in net.weights]
-    bias_max = [xp.abs(b).max().astype(f64) for b in net.biases]
-    finite = ops.all_finite(net.params).astype(f64)
-    values = ops.to_host(xp.stack([cost.astype(f64), finite, *data_max, *row_sums, *bias_max]))
-    loss_sum, finite, x_max, y_max, *rest = values.tolist()
-    L = net.n_layers
-    magnitudes = {"x": x_max, "y": y_max, "W": rest[:L], "b": rest[L:]}
-    return loss_sum, bool(finite), magnitudes
-
-
-def _cost_bound(net: Network, magnitudes: dict[str, Any], n: int) -> float:
-    """An upper bound on the magnitude of every number that the forward pass and the summed
-    cost of the n training rows compute, from the magnitudes :func:`_read_back` returns.
-
-    Layer by layer, |z^(l)| ≤ ‖W^(l)‖_∞ · max|a^(l-1)| + max|b^(l)| (every partial sum of the
-    product too), and max|a^(l)| is 1 after sigmoid, tanh or softmax, max|z^(l)| after relu
-    or identity, starting from max|a^(0)| = max|x|. Per sample, with n_L outputs:
-
-        mse:                    ‖a − y‖²              ≤ n_L (max|a| + max|y|)²
-        softmax + cross-entropy −Σ_k y_k log a_k      ≤ n_L max|y| (2 max|z| + log n_L)
-        sigmoid + cross-entropy Σ_k softplus(z_k) − y_k z_k ≤ n_L ((1 + max|y|) max|z| + log 2)
-
-    and the cost summed over the rows is at most n times that. For the squared error, the
-    bound stays below finfo.max exactly when max|a| + max|y| < √(finfo.max / (n n_L)).
-    """
-    a_max, z_max = magnitudes["x"], 0.0
-    worst = 0.0
-    last = net.n_layers - 1
-    for layer, (W_norm, b_max) in enumerate(zip(magnitudes["W"], magnitudes["b"], strict=True)):
-        z_max = _times(W_norm, a_max) + b_max
-        worst = max(worst, z_max)
-        activation = net.activation if layer < last else net.output
-        a_max = 1.0 if activation in ("sigmoid", "tanh", "softmax") else z_max
-    if net.output == "softmax":
-        worst = max(worst, 2 * z_max)  # z − max_k z_k
-    n_out, y_max = net.sizes[-1], magnitudes["y"]
-    if net.loss_name == "mse":
-        per_sample = n_out * (a_max + y_max) ** 2
-    elif net.output == "softmax":
-        per_sample = n_out * _times(y_max, 2 * z_max + math.log(n_out))
-    else:
-        per_sample = n_out * ((1 + y_max) * z_max + math.log(2))
-    bound = max(worst, n * per_sample)
-    return math.inf if math.isnan(bound) else bound
-
-
-def _times(a: float, b: float) -> float:
-    """a·b for bounds, with 0·∞ = 0: a zero bound means the quantity is exactly zero."""
-    return 0.0 if a == 0 or b == 0 else a * b
-
-
-def _cost_overflows(
-    net: Network, Xd: Any, Yd: Any, magnitudes: dict[str, Any], comm: Any
-) -> bool:
-    """Whether the network's weights, finite as they are, give an infinite cost on (Xd, Yd).
-
-    Cheap and sure in the usual case: no overflow is possible while :func:`_cost_bound`
-    stays below half of finfo.max (the other half covers the rounding of the sums). Only
-    where the bound cannot rule one out (weights that are blowing up, or a deep network of
-    wide relu or identity layers) is the cost computed: a forward pass over the training data.
-    """
-    limit = float(numpy.finfo(net.dtype).max) / 2
-    if _cost_bound(net, magnitudes, Xd.shape[0]) < limit:
-        return False
-    if comm is not None:
-        from .distributed import evaluate_distributed
-
-        loss = evaluate_distributed(net, Xd, Yd, comm)["loss"]
-    else:
-        loss = net.evaluate_device(Xd, Yd)["loss"]
-    return not math.isfinite(loss)
 
 
 def _progress_bar(epochs: int, enabled: bool) -> Any:

@@ -133,9 +133,9 @@ def reference_logits(net, X):
 @SETTINGS
 @given(data=st.data())
 def test_the_divergence_check_bounds_every_logit_and_the_summed_cost(data):
-    """fit skips computing the cost of its final weights when train._cost_bound stays below
+    """fit skips computing the cost of its final weights when divergence.cost_bound stays below
     the dtype's range: the bound must never be below what it bounds."""
-    from gpunn import train
+    from gpunn import divergence
 
     net = data.draw(networks(dtype="float64"))
     scale = data.draw(st.sampled_from([1e-3, 1.0, 1e3]))
@@ -148,10 +148,10 @@ def test_the_divergence_check_bounds_every_logit_and_the_summed_cost(data):
     ops = net.backend
     Xd = net.device_inputs(X)
     Yd = net.device_targets(Y, n)
-    _, finite, magnitudes = train._read_back(
-        ops, net.epoch_cost, net, train._data_magnitudes(ops, Xd, Yd)
+    _, finite, magnitudes = divergence.read_back(
+        ops, net.epoch_cost, net, divergence.data_magnitudes(ops, Xd, Yd)
     )
-    bound = train._cost_bound(net, magnitudes, n)
+    bound = divergence.cost_bound(net, magnitudes, n)
     largest = max(np.abs(Z).max() for Z in reference_logits(net, Xd))
     total = abs(net.evaluate(X, Y)["loss"] * n)
     assert finite and np.isfinite(bound)
