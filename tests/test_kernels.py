@@ -358,3 +358,49 @@ def test_workspace_bytes_is_what_a_workspace_allocates():
         ws = Workspace.allocate(NumpyOps(), sizes, rows, numpy.dtype(dtype))
         arrays = [*ws.A, ws.Z_out, *ws.delta, *ws.scratch, ws.X, ws.Y]
         assert Workspace.nbytes(sizes, rows, dtype) == sum(a.nbytes for a in arrays)
+
+
+# ------------------------------------------------------------------------ the CUDA code, on the CPU
+def _host_kernels():
+    import host_kernels
+
+    reason = host_kernels.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return host_kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.name)
+def test_the_cuda_code_run_on_the_cpu_matches_its_reference(spec, dtype):
+    """Each elementwise and reduction kernel's CUDA text, compiled for the CPU
+    (tests/host_kernels.py), computes what its NumPy reference computes."""
+    H = _host_kernels()
+    for rows, cols in ((1, 1), (7, 5), (33, 17)):
+        want = K.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
+        got = [a.copy() if isinstance(a, numpy.ndarray) else a for a in want]
+        H.run(spec, got, dtype)
+        spec.reference(*want)
+        for g, w in zip(got[spec.n_in :], want[spec.n_in :], strict=True):
+            numpy.testing.assert_allclose(g, w, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 10), (64, 31), (5, 1000), (1100, 2)])
+def test_the_row_kernels_run_on_the_cpu_match_their_references(dtype, shape):
+    """The softmax and softmax cross-entropy row kernels (block reductions in shared memory),
+    each block's threads run as threads: fewer blocks than rows exercise the grid-stride loop,
+    and more threads than columns the idle lanes."""
+    H = _host_kernels()
+    rows, cols = shape
+    for name in K.ROW_KERNEL_NAMES:
+        want = K.sample_arguments(name, dtype, rows=rows, cols=cols)
+        got = [a.copy() if isinstance(a, numpy.ndarray) else a for a in want]
+        if name == "gpunn_bias_softmax":
+            H.run_row(name, got, dtype, grid=min(rows, 3), threads=K.row_threads(cols))
+        else:
+            H.run_row(name, got, dtype, grid=1, threads=K.row_threads(rows, limit=512))
+        K.ROW_REFERENCES[name](*want)
+        loose = {key: 10 * value for key, value in tol(dtype).items()}
+        for g, w in zip(got[:3], want[:3], strict=True):
+            numpy.testing.assert_allclose(g, w, **loose)

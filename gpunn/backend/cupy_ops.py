@@ -28,7 +28,8 @@ the step loop synchronises, that the streams are ordered. Still to be checked on
 same tests, marked ``gpu``):
 
 1. every fused kernel equals its NumPy reference (float32, float64), including the two row
-   kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+;
+   kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+ (the
+   same CUDA text compiled for the CPU already does: ``tests/host_kernels.py``);
 2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
    transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
    temporaries alive. cuBLAS may allocate its workspace while captured (memory nodes in the

@@ -36,10 +36,12 @@ it).
 
 Each :class:`Elementwise` / :class:`Reduction` spec carries ``reference``, a NumPy function with
 the kernel's calling convention — inputs then outputs, outputs written in place — so that the
-same call runs on host arrays; ``tests/test_kernels.py`` checks every reference against the
-reference ``Ops`` methods on the CPU and ``tests/test_gpu.py`` checks every CUDA kernel against
-its reference on a GPU. The row-wise kernels (softmax, softmax cross-entropy) are a templated
-CUDA module, :data:`ROW_KERNELS_SOURCE`, with references :func:`bias_softmax_reference` and
+same call runs on host arrays. ``tests/test_kernels.py`` checks every reference against the
+reference ``Ops`` methods, and runs every kernel's CUDA text compiled for the CPU
+(``tests/host_kernels.py``: the row kernels' block threads as real threads) against its
+reference; ``tests/test_gpu.py`` checks every CUDA kernel against its reference on a GPU.
+The row-wise kernels (softmax, softmax cross-entropy) are a templated CUDA module,
+:data:`ROW_KERNELS_SOURCE`, with references :func:`bias_softmax_reference` and
 :func:`softmax_xent_cost_reference`.
 
 Only :mod:`gpunn.backend.cuda` imports CuPy; the kernel objects are built (not compiled: CuPy
