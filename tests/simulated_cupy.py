@@ -9,9 +9,10 @@ the CPU:
   implicitly (``numpy.asarray(d)``, NumPy functions mixing it with host arrays) raises
   ``TypeError`` as CuPy does; ``.get()``, ``.item()``, ``float()`` and ``bool()`` are the
   explicit device-to-host reads and are counted (:data:`state`).
-* **Kernels run their NumPy reference.** ``ElementwiseKernel``, ``ReductionKernel`` and
-  ``RawModule`` functions are found by name among gpunn's kernel specs
-  (:mod:`gpunn.backend.kernels`). A call is checked as CuPy checks it, and stricter where
+* **Kernels run their NumPy reference** (or, with ``install(compiled_kernels=True)``, their
+  CUDA text compiled for the CPU by ``tests/host_kernels.py``). ``ElementwiseKernel``,
+  ``ReductionKernel`` and ``RawModule`` functions are found by name among gpunn's kernel
+  specs (:mod:`gpunn.backend.kernels`). A call is checked as CuPy checks it, and stricter where
   gpunn has a rule: the number of arguments, one dtype per type placeholder ``T``, scalars for
   ``T`` given as NumPy scalars or 0-d device arrays of that dtype (never Python floats, which
   would not keep float32 in float32), output shapes equal to the broadcast shape, and for the
@@ -70,6 +71,7 @@ class State:
         self.graph_launches = 0
         self.memory_limit = 2 << 30  # bytes; a larger single allocation is out of memory
         self.compute_type: dict[str, int] = {}
+        self.compiled_kernels = False  # run the kernels' CUDA text compiled for the CPU
         self.streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self.buffers: dict[int, _Buffer] = {}  # who last wrote and read each allocation
         # the names the installed CuPy has (None without CuPy): the simulation offers no other
@@ -593,6 +595,20 @@ def _check_arguments(
     return shapes
 
 
+def _kernel_work(spec: Any, host: list) -> Callable[[], None]:
+    """The kernel's work on host arrays: its NumPy reference, or (``compiled_kernels``) its
+    CUDA text compiled for the CPU (``tests/host_kernels.py``)."""
+    if not state.compiled_kernels:
+        return lambda: spec.reference(*host)
+    import host_kernels  # beside this file
+
+    typed = [a.dtype for (_, t, _), a in zip(_params(spec.in_params) + _params(spec.out_params),
+                                             host, strict=True)
+             if t == "T" and isinstance(a, numpy.ndarray | numpy.generic)]
+    dtype = typed[0].name if typed else "float64"
+    return lambda: host_kernels.run(spec, list(host), dtype)
+
+
 def _device_arrays(args: Iterable[Any]) -> list[numpy.ndarray]:
     return [a._a for a in args if isinstance(a, ndarray)]
 
@@ -628,7 +644,7 @@ class ElementwiseKernel:
                     f"broadcast to {broadcast}"
                 )
         host = _unwrap(args)
-        _launch(lambda: self.spec.reference(*host), _device_arrays(args[: self.n_in]),
+        _launch(_kernel_work(self.spec, host), _device_arrays(args[: self.n_in]),
                 _device_arrays(args[self.n_in :]))
         outs = args[self.n_in :]
         return outs[0] if n_out == 1 else outs
@@ -649,7 +665,7 @@ class ReductionKernel:
         if args[-1].shape != ():
             raise ValueError(f"{self.name}: a full reduction writes a 0-d output")
         host = _unwrap(args)
-        _launch(lambda: self.spec.reference(*host), _device_arrays(args[:-1]), [args[-1]._a])
+        _launch(_kernel_work(self.spec, host), _device_arrays(args[:-1]), [args[-1]._a])
         return args[-1]
 
 
@@ -700,7 +716,15 @@ class _RowKernel:
             raise ValueError(f"{self.name}: a grid of {grid[0]} blocks")
         host = _unwrap(args)
         reads, writes = ([other], [z, out]) if softmax else ([z, other], [out])
-        _launch(lambda: self.reference(*host), _device_arrays(reads), _device_arrays(writes))
+        if state.compiled_kernels:
+            import host_kernels  # beside this file
+
+            def work() -> None:
+                host_kernels.run_row(self.name, host, self.dtype.name, grid[0], threads)
+        else:
+            def work() -> None:
+                self.reference(*host)
+        _launch(work, _device_arrays(reads), _device_arrays(writes))
 
 
 # ---------------------------------------------------------------------------- cuda
@@ -894,9 +918,10 @@ cupyx = types.SimpleNamespace(allow_synchronize=_allow_synchronize)
 
 # ---------------------------------------------------------------------------- installing
 @contextlib.contextmanager
-def install() -> Iterator[State]:
+def install(compiled_kernels: bool = False) -> Iterator[State]:
     """Put the simulation in the place of CuPy for gpunn (and ``import cupy``), freshly reset;
-    yields its :class:`State`. Everything is put back on exit."""
+    yields its :class:`State`. Everything is put back on exit. ``compiled_kernels``: the fused
+    kernels run their CUDA text compiled for the CPU instead of their NumPy references."""
     from gpunn import backend
     from gpunn.backend import cuda as cuda_module
     from gpunn.backend import cupy_ops
@@ -904,6 +929,7 @@ def install() -> Iterator[State]:
 
     global state
     state = State()
+    state.compiled_kernels = compiled_kernels
     Stream.null = Stream(null=True)
     real = cuda_module.cupy
     if real is not None:

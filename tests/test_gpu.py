@@ -556,6 +556,31 @@ def test_command_line_trains_on_the_gpu_and_resumes(device, tmp_path, capsys, mo
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
+@pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
+def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
+    """The simulated GPU with every fused kernel running its CUDA text compiled for the CPU
+    (tests/host_kernels.py), recorded steps and all: the training matches NumPy's."""
+    import host_kernels
+
+    reason = host_kernels.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    X, y = _data(n=37)
+    results, histories = [], []
+    with simulated_cupy.install(compiled_kernels=True):
+        for backend in ("numpy", cupy_ops()):
+            net = gpunn.Network([12, 10, 3], backend=backend, seed=2, dtype="float64", **config)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                history = net.fit(X, y, epochs=2, batch_size=8, optimizer=optimizer,
+                                  lr=0.01 if optimizer == "adam" else 0.05, progress=False,
+                                  validation_data=(X[:9], y[:9]))
+            results.append(net)
+            histories.append([history])
+    _assert_same_training(*results, histories, rtol=1e-8)  # C++ and NumPy round apart
+
+
 # ------------------------------------------------------------------------ the simulation
 def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     """The checks that make a pass on the simulated GPU mean something."""
