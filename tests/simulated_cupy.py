@@ -247,7 +247,8 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-def _wrap(result: Any, inputs: list[numpy.ndarray], originals: dict[int, ndarray]) -> Any:
+def _wrap(result: Any, originals: dict[int, ndarray]) -> Any:
+    """Host results as device arrays; an array the call was given comes back as itself."""
     if isinstance(result, numpy.ndarray):
         known = originals.get(id(result))
         if known is not None:
@@ -256,7 +257,7 @@ def _wrap(result: Any, inputs: list[numpy.ndarray], originals: dict[int, ndarray
     if isinstance(result, numpy.generic):  # CuPy reductions give 0-d arrays, not scalars
         return ndarray._of(numpy.asarray(result))
     if isinstance(result, tuple | list):
-        return type(result)(_wrap(r, inputs, originals) for r in result)
+        return type(result)(_wrap(r, originals) for r in result)
     return result
 
 
@@ -286,7 +287,7 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, mutates: bool = Fals
         _launch(lambda: result_box.append(fn(*host_args, **host_kwargs)), read, written)
         if state.capturing is not None:
             return out if out is not None else args[0]
-        return _wrap(result_box[0], inputs, originals)
+        return _wrap(result_box[0], originals)
     result = fn(*host_args, **host_kwargs)
     if isinstance(result, numpy.generic):
         result = numpy.asarray(result)
@@ -297,7 +298,7 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, mutates: bool = Fals
                     [result])
         else:
             _launch(lambda: None, inputs, [result])  # computed above: stamp it
-    return _wrap(result, inputs, originals)
+    return _wrap(result, originals)
 
 
 def _flatten(value: Any) -> list[ndarray]:
