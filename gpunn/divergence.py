@@ -75,7 +75,8 @@ def cost_bound(net: Network, magnitudes: dict[str, Any], n: int) -> float:
         worst = max(worst, 2 * z_max)  # z − max_k z_k
     n_out, y_max = net.sizes[-1], magnitudes["y"]
     if net.loss_name == "mse":
-        per_sample = n_out * (a_max + y_max) ** 2
+        reach = a_max + y_max
+        per_sample = n_out * (reach * reach)  # a float product overflows to inf, ** raises
     elif net.output == "softmax":
         per_sample = n_out * _times(y_max, 2 * z_max + math.log(n_out))
     else:

@@ -219,3 +219,14 @@ def test_after_divergence_a_lower_learning_rate_trains_on_as_if_nothing_happened
     assert history["loss"] == ref_history["loss"]
     assert_params_equal(net.get_params(), ref.get_params())
     assert_states_equal(opt.state_arrays(net.backend), ref_opt.state_arrays(ref.backend))
+
+
+def test_the_cost_bound_of_astronomical_weights_is_infinite_not_an_error():
+    """Bounds beyond the float range are infinite (then the cost itself is computed), never an
+    OverflowError from Python's float power."""
+    from gpunn import divergence
+
+    net = gpunn.Network([2, 2, 1], activation="identity", output="identity", loss="mse",
+                        backend="numpy", dtype="float64")
+    huge = {"x": 1e200, "y": 0.0, "W": [1e200, 1e200], "b": [0.0, 0.0]}
+    assert divergence.cost_bound(net, huge, 2) == np.inf
