@@ -581,6 +581,16 @@ def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
     _assert_same_training(*results, histories, rtol=1e-8)  # C++ and NumPy round apart
 
 
+def test_machine_info_describes_the_gpu(device):
+    """``gpunn info`` and the benchmark's machine record name the GPU and list the backend."""
+    from gpunn.bench import format_machine_info, machine_info
+
+    text = format_machine_info(machine_info())
+    assert "numpy, cupy" in text
+    name = cupy_ops().device_name()
+    assert name and name in text
+
+
 # ------------------------------------------------------------------------ the simulation
 def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     """The checks that make a pass on the simulated GPU mean something."""
