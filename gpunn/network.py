@@ -268,7 +268,7 @@ class Network:
     def device_inputs(self, X: Any, name: str = "X") -> Array:
         """X checked and on this network's device, in its dtype (no copy if it already is)."""
         X = validation.check_features(X, self.sizes[0], name, dtype=self.dtype)
-        return self.backend.asarray(X, dtype=self.dtype)
+        return self._on_device(X, self.dtype)
 
     def device_targets(self, Y: Any, n_samples: int, name: str = "Y") -> Array:
         """Targets on the device as rows (n, n_out): integer labels are one-hot encoded."""
@@ -276,12 +276,17 @@ class Network:
             Y, n_samples, self.sizes[-1], name, dtype=self.dtype, output=self.output,
             loss=self.loss_name,
         )
-        Y = self.backend.asarray(Y)
+        Y = self._on_device(Y)
         if not is_labels:
-            return self.backend.asarray(Y, dtype=self.dtype)
+            return self._on_device(Y, self.dtype)
         if self.sizes[-1] == 1:
             return Y.reshape(-1, 1).astype(self.dtype)
         return self.backend.one_hot(Y, self.sizes[-1], self.dtype)
+
+    def _on_device(self, value: Any, dtype: Any = None) -> Array:
+        """``value`` on this network's device as a C-contiguous array (no copy if it already
+        is one): the batch gathers read whole rows."""
+        return self.backend.xp.ascontiguousarray(self.backend.asarray(value, dtype=dtype))
 
     def _chunks(self, X: Array):
         """(rows, workspace, a^(L)) for X in chunks of at most PREDICT_CHUNK rows."""

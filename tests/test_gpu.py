@@ -482,6 +482,12 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
         numpy.testing.assert_allclose(net.predict(Xd), host.predict(X), rtol=1e-4, atol=1e-6)
         assert net.evaluate(Xd, Td)["loss"] == pytest.approx(host.evaluate(X, targets)["loss"],
                                                              rel=1e-4)
+    # a column slice is not C-contiguous: fit copies it once rather than gather row by row
+    wide = cupy.asarray(numpy.hstack([X, X]).astype(numpy.float32))
+    net = gpunn.Network([12, 8, 3], backend=cupy_ops(graphs=True), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # every step is recorded
+        net.fit(wide[:, :12], cupy.asarray(y), epochs=2, batch_size=8, progress=False)
     with pytest.raises(gpunn.InputError, match="NaN"):
         net.fit(cupy.asarray(numpy.full((4, 12), numpy.nan)), cupy.asarray(y[:4]),
                 progress=False)
