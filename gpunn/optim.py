@@ -109,8 +109,10 @@ class Optimizer:
 
     def replay_key(self, ops: Ops) -> Any:
         """What :meth:`update_prescaled` reads besides θ and ∇C, as a hashable value, when a
-        recorded step (a CUDA graph) may contain the update; None when it may not because
-        the update depends on values that change every step (Adam's bias correction)."""
+        recorded step (a CUDA graph) may contain the update; None when it may not: an update
+        that creates the optimizer's state (a recording would allocate and zero it on every
+        replay, and the optimizer would never hold it), or one that depends on host values
+        that change every step."""
         return None
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
@@ -263,7 +265,9 @@ class Momentum(_Stateful):
 
     def replay_key(self, ops: Ops) -> Any:
         velocity = self.state.get("velocity")
-        where = None if velocity is None else ops.address(velocity)
+        if velocity is None:
+            return None  # the first update creates the velocity: run it as it comes
+        where = ops.address(velocity)
         return ("momentum", self.lr, self.momentum, self.nesterov, self.weight_decay, where)
 
     def config(self) -> dict[str, Any]:

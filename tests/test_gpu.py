@@ -422,6 +422,28 @@ def test_recorded_training_over_batch_sizes_and_fits(device, network):
         assert device.state.graph_launches > 0
 
 
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_repeated_fits_on_the_same_device_data_keep_the_optimizer(device, optimizer):
+    """Five fits on one network with the same device arrays (so the same addresses, as a
+    memory pool hands out again): every fit's first update creates the optimizer's state
+    and must not be recorded, or later fits replay an update that zeroes a stale state."""
+    cupy = device.cupy
+    X, y = _data(n=48)
+    Y = numpy.eye(3)[y]  # float targets in the network's dtype: used on the device as given
+    options = {"epochs": 1, "batch_size": 16, "lr": 0.01 if optimizer == "adam" else 0.1,
+               "optimizer": optimizer, "shuffle": False, "progress": False}
+    nets = []
+    for backend, data in (("numpy", (X, Y)), (cupy_ops(), (cupy.asarray(X), cupy.asarray(Y)))):
+        net = gpunn.Network([12, 8, 3], backend=backend, seed=1, dtype="float64")
+        for _ in range(5):
+            net.fit(*data, **options)
+            assert net.optimizer.state, "the optimizer's state was never created"
+        nets.append(net)
+    for (W0, b0), (W1, b1) in zip(nets[0].get_params(), nets[1].get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-10, atol=1e-12)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-10, atol=1e-12)
+
+
 def test_graphs_off_and_on_take_the_same_steps(device):
     """GPUNN_CUDA_GRAPHS=0 (graphs=False) and recording give the same weights bit for bit on
     the simulated GPU, and within float rounding on a real one."""
