@@ -520,6 +520,7 @@ def test_bench_runs_the_cupy_backend(device):
     CUDA events (seconds mean nothing on the simulated GPU; the run must complete)."""
     from gpunn.bench import run_bench
 
+    before = device.cupy._core.get_compute_type(numpy.float32)
     result = run_bench(configs=["seed"], backends=["cupy"], batch_sizes=[10], quick=True,
                        peers=False, gemm_n=256, log=None)
     rows = [r for r in result["rows"] if r["contender"] == "gpunn"]
@@ -532,6 +533,7 @@ def test_bench_runs_the_cupy_backend(device):
     from gpunn.backend import get_backend
 
     assert get_backend("cupy").tf32 is False  # the TF32 measurement switched it back off
+    assert device.cupy._core.get_compute_type(numpy.float32) == before
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
@@ -558,9 +560,19 @@ def test_resumed_training_equals_the_straight_run(device, tmp_path, optimizer):
 def test_command_line_trains_on_the_gpu_and_resumes(device, tmp_path, capsys, monkeypatch):
     """``gpunn train --backend cupy --tf32``, saved, resumed on the GPU, evaluated on NumPy:
     the resumed run ends where the uninterrupted one does."""
-    from gpunn import cli
+    from gpunn import cli, train
 
-    monkeypatch.setenv("GPUNN_TF32", "0")  # restored after the test
+    compute_types = []  # CuPy's float32 compute type during each epoch
+    run_epoch = train.run_epoch
+
+    def spying_run_epoch(*args, **kwargs):
+        compute_types.append(device.cupy._core.get_compute_type(numpy.float32))
+        return run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", spying_run_epoch)
+    from cupy._core import _routines_linalg as linalg
+
+    before = device.cupy._core.get_compute_type(numpy.float32)
     rng = numpy.random.default_rng(2)
     X = rng.normal(size=(120, 5))
     numpy.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > X[:, 1]).astype(int))
@@ -573,6 +585,9 @@ def test_command_line_trains_on_the_gpu_and_resumes(device, tmp_path, capsys, mo
     assert cli.main(["train", *data, "--backend", "cupy", "--epochs", "2", "--save", half]) == 0
     assert cli.main(["train", "--backend", "cupy", "--quiet", "--resume", half, "--epochs", "2",
                      "--save", half, "--tf32"]) == 0
+    assert compute_types[-2:] == [linalg.COMPUTE_TYPE_TF32] * 2  # the resumed epochs
+    assert linalg.COMPUTE_TYPE_TF32 not in compute_types[:-2]
+    assert device.cupy._core.get_compute_type(numpy.float32) == before  # put back
     a, b = gpunn.load(straight, backend="numpy"), gpunn.load(half, backend="numpy")
     rtol = 1e-12 if device.simulated else 1e-3  # TF32 changes the last two epochs on a GPU
     for (W0, b0), (W1, b1) in zip(a.get_params(), b.get_params(), strict=True):

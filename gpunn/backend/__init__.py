@@ -8,10 +8,12 @@ run raises :class:`~gpunn.errors.BackendUnavailableError` saying why and what to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import warnings
+from typing import Any
 
 from ..errors import BackendUnavailableError, InputError
 from .cuda import cupy_module, gpu_available, unavailable_reason
@@ -35,6 +37,7 @@ __all__ = [
     "cupy_module",
     "get_backend",
     "gpu_available",
+    "tf32_scope",
     "unavailable_reason",
 ]
 
@@ -103,6 +106,14 @@ def _stacklevel_outside_gpunn() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def tf32_scope() -> contextlib.AbstractContextManager[Any]:
+    """TensorFloat-32 float32 matrix products on the GPU for the duration (``--tf32``);
+    nothing to do where no GPU can run."""
+    if not gpu_available():
+        return contextlib.nullcontext()
+    return _backend("cupy").tf32_scope(True)
 
 
 def backend_of(array: object) -> Ops:

@@ -165,6 +165,18 @@ class CupyOps(Ops):
         cupy._core.set_compute_type(numpy.float32, mode)
         self.tf32 = bool(enabled)
 
+    @contextlib.contextmanager
+    def tf32_scope(self, enabled: bool = True) -> Iterator[None]:
+        """TF32 on (or off) for the duration; then CuPy's float32 compute type, whatever set
+        it (this backend, ``CUPY_TF32``, the user), is put back as it was."""
+        before, was = cupy._core.get_compute_type(numpy.float32), self.tf32
+        self.set_tf32(enabled)
+        try:
+            yield
+        finally:
+            cupy._core.set_compute_type(numpy.float32, before)
+            self.tf32 = was
+
     def synchronize(self) -> None:
         """Wait for all queued work on this device (every stream)."""
         cupy.cuda.Device().synchronize()

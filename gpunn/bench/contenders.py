@@ -9,6 +9,7 @@ same initial weights. Anything that cannot run here raises :class:`Skip` with th
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -396,15 +397,9 @@ def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0,
     from gpunn.backend import get_backend
 
     be = get_backend(backend_name)
-    before = getattr(be, "tf32", False)
-    if tf32:
-        be.set_tf32(True)
-    try:
+    with be.tf32_scope(True) if tf32 else contextlib.nullcontext():
         matmul, timer = backend_matmul(backend_name, n, seed, dtype)
         out = gemm_gflops(matmul, n, timer, repeats, dtype=dtype + ("-tf32" if tf32 else ""))
-    finally:
-        if tf32:
-            be.set_tf32(before)
     out["library"] = backend_name
     return out
 

@@ -12,7 +12,7 @@ Each command is a module with its flags (``add_arguments``) and its ``run_*`` fu
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 import traceback
 import warnings
@@ -99,9 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(_command_of(argv))
         args = parser.parse_args(argv)
-        if getattr(args, "tf32", False):  # read when the CuPy backend is created
-            os.environ["GPUNN_TF32"] = "1"
-        return int(args.run(args) or 0)
+        from ..backend import tf32_scope
+
+        with tf32_scope() if getattr(args, "tf32", False) else contextlib.nullcontext():
+            return int(args.run(args) or 0)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt as exc:
