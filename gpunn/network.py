@@ -28,7 +28,7 @@ import numpy
 
 from . import validation
 from .backend import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops, get_backend
-from .errors import InputError
+from .errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -268,7 +268,7 @@ class Network:
     def device_inputs(self, X: Any, name: str = "X") -> Array:
         """X checked and on this network's device, in its dtype (no copy if it already is)."""
         X = validation.check_features(X, self.sizes[0], name, dtype=self.dtype)
-        return self._on_device(X, self.dtype)
+        return self._on_device(X, name, self.dtype)
 
     def device_targets(self, Y: Any, n_samples: int, name: str = "Y") -> Array:
         """Targets on the device as rows (n, n_out): integer labels are one-hot encoded."""
@@ -276,17 +276,24 @@ class Network:
             Y, n_samples, self.sizes[-1], name, dtype=self.dtype, output=self.output,
             loss=self.loss_name,
         )
-        Y = self._on_device(Y)
+        Y = self._on_device(Y, name)
         if not is_labels:
-            return self._on_device(Y, self.dtype)
+            return self.backend.asarray(Y, dtype=self.dtype)
         if self.sizes[-1] == 1:
             return Y.reshape(-1, 1).astype(self.dtype)
         return self.backend.one_hot(Y, self.sizes[-1], self.dtype)
 
-    def _on_device(self, value: Any, dtype: Any = None) -> Array:
-        """``value`` on this network's device as a C-contiguous array (no copy if it already
-        is one): the batch gathers read whole rows."""
-        return self.backend.xp.ascontiguousarray(self.backend.asarray(value, dtype=dtype))
+    def _on_device(self, value: Any, name: str, dtype: Any = None) -> Array:
+        """``value`` on this network's device (no copy if it is there already, in ``dtype``);
+        a GPU array for a network on the CPU is refused, not copied behind the user's back."""
+        module = validation.array_module(value)
+        if module not in (None, numpy) and not self.backend.is_device_array(value):
+            raise InputTypeError(
+                f"{name} is a GPU (CuPy) array but this network runs on "
+                f"{self.backend.name}: pass {name}.get(), or create the network with "
+                "backend='cupy'"
+            )
+        return self.backend.asarray(value, dtype=dtype)
 
     def _chunks(self, X: Array):
         """(rows, workspace, a^(L)) for X in chunks of at most PREDICT_CHUNK rows."""

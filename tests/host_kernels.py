@@ -161,11 +161,26 @@ def _pointer(array: numpy.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(array.ctypes.data)
 
 
+def _typed(value: Any, type_: str, dtype: str, name: str, kernel: str) -> numpy.ndarray:
+    """``value`` as the C type the compiled parameter has: an array must have it already
+    (as CuPy requires), a scalar is converted to it."""
+    ctype = _CXX_TYPES.get(type_, type_)
+    want = numpy.dtype({"T": dtype, "long long": "int64", "double": "float64",
+                        "float": "float32", "int": "int32", "bool": "bool"}[ctype])
+    if isinstance(value, numpy.ndarray):
+        if value.dtype != want:
+            raise TypeError(f"{kernel}: {name!r} is {value.dtype}, the compiled kernel reads "
+                            f"{want}")
+        return value
+    return numpy.asarray(value, dtype=want)
+
+
 def run(spec: K.Elementwise | K.Reduction, args: list, dtype: str) -> None:
     """Call the compiled kernel as CuPy would: ``args`` are host arrays and NumPy scalars in
     the kernel's calling convention; outputs (contiguous arrays) are written in place."""
     params = K._split_params(spec.in_params) + K._split_params(spec.out_params)
-    arrays = [numpy.asarray(a) for a in args]
+    arrays = [_typed(a, type_, dtype, var, spec.name) for (_, type_, var), a in
+              zip(params, args, strict=True)]
     if not all(a.flags.c_contiguous for a in arrays):
         raise ValueError("the kernel's arrays must be contiguous")
     reduction = isinstance(spec, K.Reduction)

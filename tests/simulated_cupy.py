@@ -318,6 +318,9 @@ class MemoryPointer:
         self.ptr = array.__array_interface__["data"][0]
 
     def copy_from_device_async(self, src: MemoryPointer, size: int, stream: Any = None) -> None:
+        if not (self._array.flags.c_contiguous and src._array.flags.c_contiguous):
+            raise ValueError("a raw memory copy between non-contiguous arrays moves bytes that "
+                             "are not the arrays' elements")
         dst_bytes = self._array.reshape(-1).view(numpy.uint8)
         src_bytes = src._array.reshape(-1).view(numpy.uint8)
         if size > min(dst_bytes.size, src_bytes.size):
@@ -474,7 +477,8 @@ def asarray(value: Any, dtype: Any = None, order: Any = None) -> ndarray:
         if dtype is None or numpy.dtype(dtype) == value.dtype:
             return value
         return value.astype(dtype)
-    _forbid_sync("a host-to-device copy from pageable memory")
+    if state.capturing is not None:  # a copy from pageable memory waits for the host
+        _forbid_sync("a host-to-device copy from pageable memory")
     host = numpy.array(value, dtype=dtype, order=order or "K", copy=True)
     state.host_to_device += 1
     _launch(lambda: None, (), [_allocated(host)])  # the copy, on the current stream
@@ -574,6 +578,9 @@ def _check_arguments(
             dtype = arg.dtype
             if not raw:
                 shapes.append(arg.shape)
+            if not _is_placeholder(type_name) and dtype != numpy.dtype(type_name):
+                raise TypeError(f"{kernel}: type is mismatched: {name!r} is {dtype}, not "
+                                f"{type_name}")
         elif isinstance(arg, numpy.generic):
             dtype = arg.dtype
         elif isinstance(arg, bool | int | float):

@@ -280,8 +280,8 @@ def test_out_of_memory_becomes_device_memory_error(device):
 
 def test_a_network_too_large_for_the_gpu_says_so(simulated):
     simulated.memory_limit = 1 << 20  # 1 MiB of device memory
-    with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients: that "
-                       r"needs about 3\.8 MiB .*Use a smaller network"):
+    with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients, which "
+                       r"takes about 3\.8 MiB .*Use a smaller network"):
         gpunn.Network([1000, 500, 2], backend=cupy_ops())
 
 
@@ -504,12 +504,17 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
         numpy.testing.assert_allclose(net.predict(Xd), host.predict(X), rtol=1e-4, atol=1e-6)
         assert net.evaluate(Xd, Td)["loss"] == pytest.approx(host.evaluate(X, targets)["loss"],
                                                              rel=1e-4)
-    # a column slice is not C-contiguous: fit copies it once rather than gather row by row
+    # a column slice is not C-contiguous: the recorded gather reads it through its strides
     wide = cupy.asarray(numpy.hstack([X, X]).astype(numpy.float32))
     net = gpunn.Network([12, 8, 3], backend=cupy_ops(graphs=True), seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # every step is recorded
         net.fit(wide[:, :12], cupy.asarray(y), epochs=2, batch_size=8, progress=False)
+    on_cpu = gpunn.Network([12, 8, 3], backend="numpy")
+    with pytest.raises(gpunn.InputTypeError, match=r"X is a GPU .* pass X\.get\(\)"):
+        on_cpu.fit(cupy.asarray(X), y, progress=False)
+    with pytest.raises(gpunn.InputTypeError, match="Y is a GPU"):
+        on_cpu.evaluate(X, cupy.asarray(y))
     with pytest.raises(gpunn.InputError, match="NaN"):
         net.fit(cupy.asarray(numpy.full((4, 12), numpy.nan)), cupy.asarray(y[:4]),
                 progress=False)
@@ -653,6 +658,8 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
         numpy.asarray(params)
     with pytest.raises(ValueError, match="broadcast"):
         K.SGD_UPDATE.build()(grads, numpy.float32(0.1), numpy.float32(0), params[:4])
+    with pytest.raises(TypeError, match="mismatched"):  # an int32 cursor for an int64 one
+        K.ADVANCE_CURSOR.build()(numpy.int64(3), numpy.int64(10), cp.zeros((), numpy.int32))
 
     def step_that_reads_the_loss():
         ops.sgd_update(params, grads, 0.1)

@@ -226,9 +226,8 @@ class CupyOps(Ops):
     def gather_batch(
         self, source: Array, order: Array, cursor: Array, offset: int, out: Array
     ) -> Array:
-        """out[r] = source[order[cursor + offset + r]] in one kernel, the cursor read there."""
-        if not source.flags.c_contiguous or source.dtype != out.dtype:
-            return super().gather_batch(source, order, cursor, offset, out)
+        """out[r] = source[order[cursor + offset + r]] in one kernel, the cursor read there
+        (``source`` is a raw argument, indexed through its strides: any layout works)."""
         cols = math.prod(source.shape[1:])
         K.GATHER_BATCH.build()(source, order, cursor, numpy.int64(offset), cols, out)
         return out
@@ -250,8 +249,8 @@ class CupyOps(Ops):
             batch = "" if rows is None else f" for a batch of {rows} rows"
             smaller = "a smaller network" if rows is None else "a smaller batch_size or network"
             raise DeviceMemoryError(
-                f"the GPU ran out of memory while {what}{batch}: that needs about "
-                f"{_mib(nbytes)} on the device{where}. Use {smaller} or float32 instead of "
+                f"the GPU ran out of memory while {what}{batch}, which takes about "
+                f"{_mib(nbytes)} on the device{where}. Use {smaller}, or float32 where it is "
                 f"float64 ({exc})"
             ) from exc
 
