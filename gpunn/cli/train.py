@@ -203,10 +203,9 @@ def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
         raise UsageError(
             "--early-stopping watches the validation loss: it needs --val-fraction above 0"
         )
-    split_seed = getattr(s, "split_seed", s.seed)
 
     dataset = load_dataset(
-        s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=split_seed,
+        s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.split_seed,
         dtype=s.dtype, label_column=parse_label_column(s.label_column),
     )
     if model is None:
@@ -234,7 +233,7 @@ def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
         "label_column": s.label_column,
         "val_fraction": s.val_fraction,
         "test_fraction": s.test_fraction,
-        "split_seed": split_seed,
+        "split_seed": s.split_seed,
         "n_classes": dataset.n_classes,
         "train": {
             "batch_size": s.batch_size,

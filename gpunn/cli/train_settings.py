@@ -4,6 +4,7 @@ file's, else the defaults; and the optimizer they describe."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 from .models import stored_metadata
@@ -32,11 +33,68 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
 class TrainSettings:
-    """The resolved settings of one ``gpunn train`` run (flags, checkpoint, defaults)."""
+    """The resolved settings of one ``gpunn train`` run: each is the flag given, else (with
+    --resume) the model file's value, else :data:`TRAIN_DEFAULTS`. Every field is required, so
+    both branches of :func:`resolve_settings` fill all of them.
 
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
+    Frozen: the fields are not reassigned. ``history`` is a list that the run appends its
+    epoch records to (it is the list in the saved metadata).
+    """
+
+    # ---- data
+    data: str
+    """The --data spec: a bundled dataset's name, ``mnist:DIR``, ``FILE.npz`` or ``FILE.csv``."""
+    label_column: str | None
+    """The CSV label column as given or stored (``parse_label_column`` turns a whole number
+    into an index); None: the data's default."""
+    val_fraction: float
+    """Share of the samples held out for validation."""
+    test_fraction: float
+    """Share of the samples held out for the test."""
+    split_seed: int
+    """Seed of the train / validation / test split: ``seed`` for a fresh run, the model file's
+    split seed when resuming (so a resumed run trains on the same split)."""
+
+    # ---- network (with --resume: the model's, which flags may repeat but not change)
+    hidden: tuple[int, ...]
+    """Hidden layer sizes; () for none."""
+    activation: str
+    """The hidden layers' activation."""
+    output: str
+    """The output layer's activation."""
+    loss: str
+    """The cost function."""
+    init: str
+    """The initial weights' scheme (he with relu, else normal, unless --init)."""
+    dtype: str
+    """The arrays' dtype name: float32 or float64."""
+    seed: int
+    """Seed of the weights and the batch order (when resuming, the run's fit seed)."""
+
+    # ---- training
+    optimizer: str
+    """The optimizer's name."""
+    optimizer_config: dict[str, Any] | None
+    """The resumed optimizer's saved config; None for a fresh run (or a model file without
+    one), whose optimizer comes from the flags."""
+    batch_size: int
+    """The mini-batch size."""
+    epochs: int
+    """Epochs this run trains (with --resume: more epochs)."""
+    initial_epoch: int
+    """Epochs already done: 0 for a fresh run, the checkpoint's epoch when resuming."""
+    history: list[dict[str, Any]]
+    """The per-epoch records so far: empty for a fresh run, the model file's when resuming."""
+    schedule: str
+    """The learning-rate schedule's name."""
+    step_size: int
+    """Step schedule: epochs between drops."""
+    gamma: float
+    """Step schedule: factor of each drop."""
+    schedule_epochs: int
+    """Cosine schedule: length of the plan in epochs."""
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,30 +111,32 @@ def resolve_settings(args: argparse.Namespace, ckpt: Any, model: Any) -> TrainSe
         hidden = given.get("hidden", d["hidden"])
         activation = given.get("activation", d["activation"])
         init = given.get("init") or ("he" if activation == "relu" else "normal")
-        s = TrainSettings(
+        epochs = given.get("epochs", d["epochs"])
+        seed = given.get("seed", d["seed"])
+        return TrainSettings(
             data=given.get("data", d["data"]),
             label_column=given.get("label_column"),
             val_fraction=given.get("val_fraction", d["val_fraction"]),
             test_fraction=given.get("test_fraction", d["test_fraction"]),
+            split_seed=seed,
             hidden=tuple(hidden),
             activation=activation,
             output=given.get("output", d["output"]),
             loss=given.get("loss", d["loss"]),
             init=init,
             dtype=given.get("dtype", d["dtype"]),
-            seed=given.get("seed", d["seed"]),
+            seed=seed,
+            optimizer=given.get("optimizer", d["optimizer"]),
             optimizer_config=None,
             batch_size=given.get("batch_size", d["batch_size"]),
-            epochs=given.get("epochs", d["epochs"]),
+            epochs=epochs,
             initial_epoch=0,
             history=[],
+            schedule=given.get("schedule", d["schedule"]),
+            step_size=given.get("step_size", d["step_size"]),
+            gamma=given.get("gamma", d["gamma"]),
+            schedule_epochs=given.get("schedule_epochs", epochs),
         )
-        s.schedule_epochs = given.get("schedule_epochs", s.epochs)
-        s.schedule = given.get("schedule", d["schedule"])
-        s.step_size = given.get("step_size", d["step_size"])
-        s.gamma = given.get("gamma", d["gamma"])
-        s.optimizer = given.get("optimizer", d["optimizer"])
-        return s
 
     # ---- resuming: the model file decides what the flags do not
     meta = stored_metadata(model)
