@@ -128,6 +128,14 @@ def source(dtype: Any) -> str:
     return "\n".join(parts)
 
 
+_FOLDERS: list[tempfile.TemporaryDirectory] = []  # removed when the interpreter exits
+
+
+def _folder() -> Path:
+    _FOLDERS.append(tempfile.TemporaryDirectory(prefix="gpunn-host-kernels-"))
+    return Path(_FOLDERS[-1].name)
+
+
 def _compile(code: str, folder: Path) -> subprocess.CompletedProcess:
     (folder / "kernels.cpp").write_text(code)
     command = [CXX or "g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
@@ -141,7 +149,7 @@ def unavailable_reason() -> str | None:
     if CXX is None:
         return "no C++ compiler (g++) to build the CUDA code for the CPU"
     probe = _PRELUDE + 'extern "C" void probe() { std::barrier<> b(1); b.arrive_and_wait(); }'
-    done = _compile(probe, Path(tempfile.mkdtemp(prefix="gpunn-host-probe-")))
+    done = _compile(probe, _folder())
     if done.returncode != 0:
         return f"{CXX} cannot build C++20 with <barrier> and threads: {done.stderr[-300:]}"
     return None
@@ -150,7 +158,7 @@ def unavailable_reason() -> str | None:
 @functools.cache
 def library(dtype: str) -> ctypes.CDLL:
     """The kernels for ``dtype``, compiled once per test session."""
-    folder = Path(tempfile.mkdtemp(prefix="gpunn-host-kernels-"))
+    folder = _folder()
     done = _compile(source(dtype), folder)
     if done.returncode != 0:
         raise RuntimeError(f"the kernels did not compile for the CPU:\n{done.stderr}")

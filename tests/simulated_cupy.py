@@ -803,9 +803,6 @@ class Stream:
         state.capturing = None
         return Graph(self.recording, *self.touched)
 
-    def is_capturing(self) -> bool:
-        return state.capturing is self
-
 
 class Graph:
     def __init__(self, work: list[Callable[[], Any]], reads: list, writes: list) -> None:
@@ -847,9 +844,6 @@ class _Pool:
         return object()
 
     def free_bytes(self) -> int:
-        return 0
-
-    def used_bytes(self) -> int:
         return 0
 
 

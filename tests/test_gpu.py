@@ -226,21 +226,23 @@ def test_no_host_transfer_inside_the_step_loop(device):
     """The transfers of a fit depend on the number of epochs, never on the number of steps.
 
     On the simulated GPU every device-to-host read counts (``float()`` and ``.item()`` too,
-    not only gpunn's own ``to_host``)."""
+    not only gpunn's own ``to_host``), and every host-to-device copy."""
     X, y = _data(n=300)
-    counts, reads = [], []
+    counts, reads, writes = [], [], []
     for batch_size in (5, 100):
         ops = cupy_ops()
         net = gpunn.Network([12, 16, 3], backend=ops, seed=0)
         before = ops.host_transfers
-        read_before = device.state.device_to_host if device.simulated else 0
+        if device.simulated:
+            read_before, write_before = device.state.device_to_host, device.state.host_to_device
         net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.5, progress=False)
         counts.append(ops.host_transfers - before)
         if device.simulated:
             reads.append(device.state.device_to_host - read_before)
+            writes.append(device.state.host_to_device - write_before)
     assert counts[0] == counts[1] <= 2 + 1
-    if device.simulated:
-        assert reads[0] == reads[1] == counts[0]
+    if device.simulated:  # and nothing is copied to the device per step either
+        assert reads[0] == reads[1] == counts[0] and writes[0] == writes[1]
 
 
 def test_an_epoch_does_not_synchronise(device):
@@ -378,8 +380,8 @@ def _assert_same_training(net0, net1, histories, rtol=1e-9):
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("schedule", [None, "step", "cosine"])
 def test_recorded_training_follows_the_schedule(device, optimizer, schedule):
-    """A recorded step reads the learning rate on the device: a schedule changing it every
-    epoch still gives NumPy's weights (a host scalar would be frozen in the graph)."""
+    """The learning rate is frozen into a recorded step and is part of its key: a schedule
+    that changes it every epoch records each value anew and gives NumPy's weights."""
     opt = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
     opt_ref = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
     X, y = _data(n=53)
@@ -442,6 +444,39 @@ def test_repeated_fits_on_the_same_device_data_keep_the_optimizer(device, optimi
     for (W0, b0), (W1, b1) in zip(nets[0].get_params(), nets[1].get_params(), strict=True):
         numpy.testing.assert_allclose(W1, W0, rtol=1e-10, atol=1e-12)
         numpy.testing.assert_allclose(b1, b0, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_divergence_on_the_gpu_keeps_the_last_good_epoch(device, optimizer):
+    """Good epochs, then a learning rate that diverges: the GPU backend raises in the same
+    epoch as NumPy and restores the same weights and optimizer state, recorded steps and all;
+    a later fit with a sane rate goes on as on NumPy."""
+    from gpunn.errors import DivergenceError
+
+    rng = numpy.random.default_rng(0)
+    X = rng.normal(size=(64, 4))
+    Y = numpy.stack([X.sum(axis=1), X[:, 0] - X[:, 1]], axis=1) * 10
+    nets = []
+    for backend in ("numpy", cupy_ops()):
+        net = gpunn.Network([4, 16, 2], activation="relu", output="identity", loss="mse",
+                            backend=backend, dtype="float64", seed=3)
+        opt = make_optimizer(optimizer, 1e-3)
+        net.fit(X, Y, epochs=3, batch_size=8, optimizer=opt, progress=False)
+        opt.lr = opt.base_lr = 1e300 if optimizer == "adam" else 1e7  # Adam's steps are ≤ η
+        with pytest.raises(DivergenceError, match="epoch 4"):
+            net.fit(X, Y, epochs=3, batch_size=8, optimizer=opt, initial_epoch=3,
+                    progress=False)
+        state = {k: v.copy() for k, v in opt.state_arrays(net.backend).items()}
+        opt.lr = opt.base_lr = 1e-3
+        net.fit(X, Y, epochs=2, batch_size=8, optimizer=opt, initial_epoch=3, progress=False)
+        nets.append((net.get_params(), state))
+    (p0, s0), (p1, s1) = nets
+    assert s0.keys() == s1.keys()
+    for key in s0:
+        numpy.testing.assert_allclose(s1[key], s0[key], rtol=1e-9, atol=1e-12)
+    for (W0, b0), (W1, b1) in zip(p0, p1, strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-9, atol=1e-12)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-9, atol=1e-12)
 
 
 def test_graphs_off_and_on_take_the_same_steps(device):

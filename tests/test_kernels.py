@@ -350,7 +350,7 @@ def test_memory_guard_names_the_batch_and_the_memory():
         raise ValueError("not memory")
 
 
-def test_workspace_bytes_is_what_a_workspace_allocates():
+def test_workspace_nbytes_is_what_a_workspace_allocates():
     from gpunn.backend import NumpyOps
     from gpunn.network import Workspace
 

@@ -514,7 +514,8 @@ class CupyOps(Ops):
         ``step`` is the host step count t (then c₁ = η/(1 − β₁ᵗ) and c₂ = 1/(1 − β₂ᵗ) are
         computed here, in float64) or a 0-d int64 device counter holding t − 1: then a
         one-thread kernel increments it and computes c₁, c₂ on the device first, which is
-        what a recorded (replayed) update needs; ``lr`` should then be a 0-d device array too.
+        what a recorded (replayed) update needs. A host ``lr`` is frozen into a recording
+        (the optimizer's replay key holds it); a 0-d device ``lr`` is read at every replay.
         """
         dtype = params.dtype
         if cupy is not None and isinstance(step, cupy.ndarray):

@@ -29,10 +29,11 @@ kernel                      what it computes (one sample per row)
 
 Scalars (η, μ, λ, 2/n...) are typed kernel arguments ``T``: pass them either as NumPy scalars of
 the parameter dtype (``dtype.type(x)``) or as 0-d device arrays of that dtype. Either way a
-float32 network computes in float32. A 0-d device array is read when the kernel runs, which is
-what a replayed CUDA graph needs for a value that changes between replays (the learning rate
-of a schedule; Adam's step count ``t`` lives on the device and :data:`adam_prepare` increments
-it).
+float32 network computes in float32. A NumPy scalar is frozen into a recorded CUDA graph; a 0-d
+device array is read when the kernel runs, which is what a graph needs for a value that changes
+between its replays: Adam's step count ``t`` lives on the device and :data:`adam_prepare`
+increments it. (The learning rate changes between epochs, not replays: it is part of a
+recorded step's key, so each value gets its own recording.)
 
 Each :class:`Elementwise` / :class:`Reduction` spec carries ``reference``, a NumPy function with
 the kernel's calling convention — inputs then outputs, outputs written in place — so that the
@@ -584,7 +585,8 @@ ADVANCE_CURSOR = Elementwise(
     "int64 cursor",
     "cursor = (cursor + rows) % n;",
     _advance_cursor_ref,
-    "cursor ← (cursor + rows) mod n (one thread, at the end of a recorded step)",
+    "cursor ← (cursor + rows) mod n (one thread: after a recorded step's gather, or for a "
+    "rank with no rows in a batch)",
 )
 
 ELEMENTWISE: dict[str, Elementwise] = {
