@@ -31,7 +31,12 @@ the CPU:
 * ``cupyx.allow_synchronize(False)`` makes every device-to-host read raise; an allocation
   larger than :attr:`State.memory_limit` raises ``cupy.cuda.memory.OutOfMemoryError``.
 
-Not simulated: timing, the rounding of CUDA's math.
+* Functions whose result's size depends on the data (``nonzero``, ``unique``, boolean masks)
+  count as device-to-host reads, as in CuPy.
+
+Not simulated: timing, the rounding of CUDA's math, and the reuse of freed device memory: a
+recorded graph keeps the arrays it ran on alive, so a new array never gets the address of a
+freed one (tests that need a reused address use the same device arrays again).
 
 Use :func:`install` (a context manager) to put it in the place of CuPy for gpunn.
 """
@@ -274,6 +279,9 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, mutates: bool = Fals
     capturing); work that returns a new array computes it now and, while capturing, records
     its recomputation into that same array.
     """
+    if _sizes_from_data(fn, args):
+        _read_to_host(f"{getattr(fn, '__name__', fn)} (its result's size depends on the data)",
+                      args[0]._a if isinstance(args[0], ndarray) else numpy.empty(0))
     host_args, host_kwargs = _unwrap(args), _unwrap(kwargs)
     devices = [v for v in (*args, *kwargs.values()) for v in _flatten(v)]
     inputs = [d._a for d in devices]
@@ -299,6 +307,21 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, mutates: bool = Fals
         else:
             _launch(lambda: None, inputs, [result])  # computed above: stamp it
     return _wrap(result, originals)
+
+
+_SIZED_BY_DATA = {numpy.nonzero, numpy.flatnonzero, numpy.argwhere, numpy.unique,
+                  numpy.extract, numpy.compress, numpy.ndarray.nonzero, numpy.ndarray.compress}
+
+
+def _sizes_from_data(fn: Callable[..., Any], args: tuple) -> bool:
+    """Whether CuPy must read the data back to size the result (a count of nonzeros, unique
+    values, a boolean mask), which synchronises with the host."""
+    if fn in _SIZED_BY_DATA:
+        return True
+    if fn is operator.getitem and len(args) == 2:
+        keys = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(k, ndarray) and k.dtype == bool for k in keys)
+    return False
 
 
 def _flatten(value: Any) -> list[ndarray]:

@@ -715,6 +715,8 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
     numpy.testing.assert_array_equal(params.get(), -float(ops.warmup + 3))
     with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
         params.get()
+    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
+        params[params > 0]  # a boolean mask: CuPy counts its hits on the host
 
     side = cp.cuda.Stream(non_blocking=True)  # does not wait for the legacy stream
     data = cp.zeros(4, dtype=numpy.float32)  # written on the legacy stream
