@@ -28,6 +28,7 @@ import numpy
 
 from . import validation
 from .backend import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops, get_backend
+from .backend.cuda import array_module
 from .errors import InputError, InputTypeError
 
 if TYPE_CHECKING:
@@ -286,7 +287,7 @@ class Network:
     def _on_device(self, value: Any, name: str, dtype: Any = None) -> Array:
         """``value`` on this network's device (no copy if it is there already, in ``dtype``);
         a GPU array for a network on the CPU is refused, not copied behind the user's back."""
-        module = validation.array_module(value)
+        module = array_module(value)
         if module not in (None, numpy) and not self.backend.is_device_array(value):
             raise InputTypeError(
                 f"{name} is a GPU (CuPy) array but this network runs on "

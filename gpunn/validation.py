@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy
 
-from .backend.cuda import cupy_module
+from .backend.cuda import array_module
 from .errors import InputError, InputTypeError
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -111,19 +111,6 @@ def check_validation_data(value: Any) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------- arrays
-def array_module(array: Any) -> Any:
-    """``numpy`` for a NumPy array, ``cupy`` for a CuPy array, None for anything else.
-
-    (CuPy's ndarray has no ``__array_namespace__``, and must never be converted implicitly.)
-    """
-    if isinstance(array, numpy.ndarray):
-        return numpy
-    cupy = cupy_module()
-    if cupy is not None and isinstance(array, cupy.ndarray):
-        return cupy
-    return None
-
-
 def _host_view(array: Any, name: str) -> Any:
     """The array itself if it is an array of some backend, else ``numpy.asarray`` of it."""
     if array_module(array) is not None:

@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 from ..errors import BackendUnavailableError, InputError
-from .cuda import cupy_module, gpu_available, unavailable_reason
+from .cuda import array_module, cupy_module, gpu_available, unavailable_reason
 from .numpy_ops import NumpyOps
 from .ops import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops
 
@@ -118,7 +118,5 @@ def tf32_scope() -> contextlib.AbstractContextManager[Any]:
 
 def backend_of(array: object) -> Ops:
     """The backend whose device holds ``array`` (NumPy for anything that is not on a GPU)."""
-    cupy = cupy_module()
-    if cupy is not None and isinstance(array, cupy.ndarray):  # pragma: no cover - needs a GPU
-        return _backend("cupy")
-    return _backend("numpy")
+    module = array_module(array)
+    return _backend("cupy" if module is not None and module is cupy_module() else "numpy")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+import numpy
+
 try:  # pragma: no cover - depends on the machine
     import cupy
     import cupyx
@@ -61,6 +63,18 @@ def _describe_cuda_failure(exc: Exception) -> str:
     if "libcuda" in lowered or "driver" in lowered:
         return f"CuPy is installed but the NVIDIA driver is missing or unusable ({text})"
     return f"CuPy is installed but cannot use a GPU ({text})"
+
+
+def array_module(array: object) -> ModuleType | None:
+    """``numpy`` for a NumPy array, ``cupy`` for a CuPy array, None for anything else.
+
+    (CuPy's ndarray has no ``__array_namespace__``, and must never be converted implicitly.)
+    """
+    if isinstance(array, numpy.ndarray):
+        return numpy
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return cupy
+    return None
 
 
 def nccl_module() -> ModuleType | None:
