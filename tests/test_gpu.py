@@ -7,20 +7,19 @@ rules: no implicit host conversion, typed kernel arguments, capture that records
 running, synchronisation forbidden while capturing), which needs no GPU, and on a real GPU
 (marked ``gpu``; skipped with the reason where CuPy cannot run, tests/conftest.py). On the
 simulated GPU a kernel *is* its NumPy reference, so there the kernel tests check the calls
-(argument types and shapes) and the real GPU checks the CUDA code.
+(argument types and shapes) and the real GPU checks the CUDA code. What only the simulation
+can check is in tests/test_simulated_gpu.py.
 """
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import numpy
 import pytest
-import simulated_cupy
+from gpu_support import CONFIGS, assert_same_training, cupy_ops, data
 
 import gpunn
-from gpunn.backend import cuda as cuda_module
 from gpunn.backend import kernels as K
 from gpunn.backend.ops import Ops
 from gpunn.errors import DeviceMemoryError
@@ -28,27 +27,6 @@ from gpunn.optim import make_optimizer
 
 DTYPES = ("float32", "float64")
 REF = Ops()
-
-
-@pytest.fixture(params=["simulated", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request):
-    """The device module set: ``cupy``, ``cupyx`` and, when simulated, its ``state``."""
-    if request.param == "cuda":
-        yield types.SimpleNamespace(
-            cupy=cuda_module.cupy, cupyx=cuda_module.cupyx, state=None, simulated=False
-        )
-        return
-    with simulated_cupy.install() as state:
-        yield types.SimpleNamespace(
-            cupy=simulated_cupy, cupyx=simulated_cupy.cupyx, state=state, simulated=True
-        )
-
-
-@pytest.fixture
-def simulated():
-    """The simulated GPU alone: for checks that need its bookkeeping."""
-    with simulated_cupy.install() as state:
-        yield state
 
 
 def tol(dtype, scale=1.0):
@@ -59,12 +37,6 @@ def tol(dtype, scale=1.0):
 
 def on_device(cupy, args):
     return [cupy.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args]
-
-
-def cupy_ops(**options):
-    from gpunn.backend.cupy_ops import CupyOps
-
-    return CupyOps(**options)
 
 
 # ------------------------------------------------------------------------ kernels
@@ -141,23 +113,9 @@ def test_layer_forward_and_cost_match_the_reference_ops(dtype, act, device):
 
 
 # ------------------------------------------------------------------------ the whole network
-def _data(n=45, n_in=12, n_out=3, seed=0):
-    rng = numpy.random.default_rng(seed)
-    X = rng.uniform(0, 1, size=(n, n_in))
-    return X, rng.integers(0, n_out, size=n)
-
-
-CONFIGS = [
-    {"activation": "sigmoid", "output": "sigmoid", "loss": "mse"},
-    {"activation": "relu", "output": "softmax", "loss": "cross_entropy"},
-    {"activation": "tanh", "output": "identity", "loss": "mse"},
-    {"activation": "relu", "output": "sigmoid", "loss": "cross_entropy"},
-]
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
 def test_loss_and_gradients_match_numpy(config, device):
-    X, y = _data()
+    X, y = data()
     nets = [
         gpunn.Network([12, 16, 8, 3], backend=b, seed=3, **config)
         for b in ("numpy", cupy_ops(graphs=False))
@@ -173,7 +131,7 @@ def test_loss_and_gradients_match_numpy(config, device):
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("graphs", [False, True])
 def test_training_matches_numpy(optimizer, shuffle, graphs, device):
-    X, y = _data()
+    X, y = data()
     lr = 0.01 if optimizer == "adam" else 0.5
     results = []
     for backend in ("numpy", cupy_ops(graphs=graphs)):
@@ -205,7 +163,7 @@ def test_training_matches_numpy(optimizer, shuffle, graphs, device):
 
 
 def test_graph_replay_gives_the_eager_weights_and_is_used(device):
-    X, y = _data(n=200)
+    X, y = data(n=200)
     params, ops_used = [], []
     for graphs in (False, True):
         ops = cupy_ops(graphs=graphs)
@@ -227,7 +185,7 @@ def test_no_host_transfer_inside_the_step_loop(device):
 
     On the simulated GPU every device-to-host read counts (``float()`` and ``.item()`` too,
     not only gpunn's own ``to_host``), and every host-to-device copy."""
-    X, y = _data(n=300)
+    X, y = data(n=300)
     counts, reads, writes = [], [], []
     for batch_size in (5, 100):
         ops = cupy_ops()
@@ -251,7 +209,7 @@ def test_an_epoch_does_not_synchronise(device):
     cupyx = device.cupyx
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")
-    X, y = _data(n=120)
+    X, y = data(n=120)
     ops = cupy_ops()
     net = gpunn.Network([12, 16, 3], backend=ops, seed=0)
     Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
@@ -278,35 +236,6 @@ def test_out_of_memory_becomes_device_memory_error(device):
     with pytest.raises(DeviceMemoryError, match=f"batch of {rows} rows"):
         with ops.memory_guard("allocating the training buffers", rows, need):
             cupy.empty(need // 4, dtype=cupy.float32)
-
-
-def test_a_network_too_large_for_the_gpu_says_so(simulated):
-    simulated.memory_limit = 1 << 20  # 1 MiB of device memory
-    with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients, which "
-                       r"takes about 3\.8 MiB .*Use a smaller network"):
-        gpunn.Network([1000, 500, 2], backend=cupy_ops())
-
-
-def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch):
-    """Wherever in training the GPU runs out of memory, the error names the batch size."""
-    import simulated_cupy as cp
-
-    from gpunn.backend.cupy_ops import CupyOps
-
-    calls = []
-    forward = CupyOps.layer_forward
-
-    def failing_forward(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # the second step, still eager
-            raise cp.OutOfMemoryError(1 << 30, 1 << 34)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(CupyOps, "layer_forward", failing_forward)
-    X, y = _data(n=40)
-    net = gpunn.Network([12, 8, 3], backend=cupy_ops())
-    with pytest.raises(DeviceMemoryError, match="while training for a batch of 8 rows"):
-        net.fit(X, y, epochs=3, batch_size=8, progress=False)
 
 
 def test_tf32_switch_sets_cupys_compute_type(device):
@@ -347,8 +276,8 @@ def _fit_both(fits, sizes=(12, 16, 3), n=53, graphs=True, network=None, **common
     """The same fits (a list of keyword sets) on NumPy and on the CuPy backend, in float64;
     returns (numpy net, cupy net, their histories, the CupyOps). A step that cannot be
     recorded would warn: here that is an error."""
-    X, y = _data(n=n, n_in=sizes[0], n_out=sizes[-1])
-    val = _data(n=17, n_in=sizes[0], n_out=sizes[-1], seed=1)
+    X, y = data(n=n, n_in=sizes[0], n_out=sizes[-1])
+    val = data(n=17, n_in=sizes[0], n_out=sizes[-1], seed=1)
     ops = cupy_ops(graphs=graphs)
     nets, histories = [], []
     for backend in ("numpy", ops):
@@ -365,18 +294,6 @@ def _fit_both(fits, sizes=(12, 16, 3), n=53, graphs=True, network=None, **common
     return nets[0], nets[1], histories, ops
 
 
-def _assert_same_training(net0, net1, histories, rtol=1e-9):
-    for (W0, b0), (W1, b1) in zip(net0.get_params(), net1.get_params(), strict=True):
-        numpy.testing.assert_allclose(W1, W0, rtol=rtol, atol=rtol * 1e-3)
-        numpy.testing.assert_allclose(b1, b0, rtol=rtol, atol=rtol * 1e-3)
-    for run0, run1 in zip(*histories, strict=True):
-        assert len(run0.records) == len(run1.records)
-        for r0, r1 in zip(run0.records, run1.records, strict=True):
-            assert r0.keys() == r1.keys()
-            for key in r0.keys() - {"seconds", "samples_per_second"}:
-                assert r1[key] == pytest.approx(r0[key], rel=rtol), key
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("schedule", [None, "step", "cosine"])
 def test_recorded_training_follows_the_schedule(device, optimizer, schedule):
@@ -384,7 +301,7 @@ def test_recorded_training_follows_the_schedule(device, optimizer, schedule):
     that changes it every epoch records each value anew and gives NumPy's weights."""
     opt = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
     opt_ref = make_optimizer(optimizer, 0.01 if optimizer == "adam" else 0.3, weight_decay=1e-3)
-    X, y = _data(n=53)
+    X, y = data(n=53)
     nets = []
     for backend, o in (("numpy", opt_ref), (cupy_ops(), opt)):
         net = gpunn.Network([12, 16, 3], backend=backend, seed=4, dtype="float64")
@@ -394,7 +311,7 @@ def test_recorded_training_follows_the_schedule(device, optimizer, schedule):
                               seed=7, progress=False)
         nets.append((net, history))
     (net0, h0), (net1, h1) = nets
-    _assert_same_training(net0, net1, [[h0], [h1]])
+    assert_same_training(net0, net1, [[h0], [h1]])
 
 
 @pytest.mark.parametrize(
@@ -418,7 +335,7 @@ def test_recorded_training_over_batch_sizes_and_fits(device, network):
         {"epochs": 2, "batch_size": 10, "optimizer": "momentum"},
     ]
     net0, net1, histories, ops = _fit_both(fits, sizes=(12, 9, 7, 3), network=network, lr=0.2)
-    _assert_same_training(net0, net1, histories)
+    assert_same_training(net0, net1, histories)
     if device.simulated:
         assert ops.recorded_steps >= 2
         assert device.state.graph_launches > 0
@@ -430,15 +347,15 @@ def test_repeated_fits_on_the_same_device_data_keep_the_optimizer(device, optimi
     memory pool hands out again): every fit's first update creates the optimizer's state
     and must not be recorded, or later fits replay an update that zeroes a stale state."""
     cupy = device.cupy
-    X, y = _data(n=48)
+    X, y = data(n=48)
     Y = numpy.eye(3)[y]  # float targets in the network's dtype: used on the device as given
     options = {"epochs": 1, "batch_size": 16, "lr": 0.01 if optimizer == "adam" else 0.1,
                "optimizer": optimizer, "shuffle": False, "progress": False}
     nets = []
-    for backend, data in (("numpy", (X, Y)), (cupy_ops(), (cupy.asarray(X), cupy.asarray(Y)))):
+    for backend, arrays in (("numpy", (X, Y)), (cupy_ops(), (cupy.asarray(X), cupy.asarray(Y)))):
         net = gpunn.Network([12, 8, 3], backend=backend, seed=1, dtype="float64")
         for _ in range(5):
-            net.fit(*data, **options)
+            net.fit(*arrays, **options)
             assert net.optimizer.state, "the optimizer's state was never created"
         nets.append(net)
     for (W0, b0), (W1, b1) in zip(nets[0].get_params(), nets[1].get_params(), strict=True):
@@ -498,7 +415,7 @@ def test_graphs_off_and_on_take_the_same_steps(device):
 def test_predict_evaluate_and_model_files_cross_backends(device, tmp_path):
     """A network trained on the GPU predicts as NumPy does, and its model file loads on NumPy."""
     net0, net1, _, _ = _fit_both([{"epochs": 2, "batch_size": 16}], lr=0.3)
-    X, y = _data(n=30, seed=3)
+    X, y = data(n=30, seed=3)
     numpy.testing.assert_allclose(net1.predict(X), net0.predict(X), rtol=1e-9)
     assert net1.evaluate(X, y)["loss"] == pytest.approx(net0.evaluate(X, y)["loss"], rel=1e-9)
     path = tmp_path / "gpu.npz"
@@ -526,7 +443,7 @@ def test_backend_by_name(device):
 def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
     """Device arrays go in as they are: no implicit conversion to NumPy (CuPy refuses it)."""
     cupy = device.cupy
-    X, y = _data(n=40)
+    X, y = data(n=40)
     Y = numpy.eye(3)[y]
     for targets in (y, Y):  # labels and one-hot rows
         net = gpunn.Network([12, 8, 3], output="softmax", loss="cross_entropy",
@@ -580,7 +497,7 @@ def test_bench_runs_the_cupy_backend(device):
 def test_resumed_training_equals_the_straight_run(device, tmp_path, optimizer):
     """2 epochs, saved, loaded with the optimizer's state, 2 more: the weights of 4 straight
     epochs, on the GPU as on NumPy (Adam's device step counter restarts at the saved count)."""
-    X, y = _data(n=50)
+    X, y = data(n=50)
     options = {"batch_size": 8, "optimizer": optimizer, "lr": 0.01, "seed": 3,
                "total_epochs": 4, "progress": False, "schedule": "cosine"}
     straight = gpunn.Network([12, 9, 3], backend=cupy_ops(), seed=1, dtype="float64")
@@ -639,31 +556,6 @@ def test_command_line_trains_on_the_gpu_and_resumes(device, tmp_path, capsys, mo
     assert "accuracy" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
-@pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
-def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
-    """The simulated GPU with every fused kernel running its CUDA text compiled for the CPU
-    (tests/host_kernels.py), recorded steps and all: the training matches NumPy's."""
-    import host_kernels
-
-    reason = host_kernels.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    X, y = _data(n=37)
-    results, histories = [], []
-    with simulated_cupy.install(compiled_kernels=True):
-        for backend in ("numpy", cupy_ops()):
-            net = gpunn.Network([12, 10, 3], backend=backend, seed=2, dtype="float64", **config)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", RuntimeWarning)
-                history = net.fit(X, y, epochs=2, batch_size=8, optimizer=optimizer,
-                                  lr=0.01 if optimizer == "adam" else 0.05, progress=False,
-                                  validation_data=(X[:9], y[:9]))
-            results.append(net)
-            histories.append([history])
-    _assert_same_training(*results, histories, rtol=1e-8)  # C++ and NumPy round apart
-
-
 def test_machine_info_describes_the_gpu(device):
     """``gpunn info`` and the benchmark's machine record name the GPU and list the backend."""
     from gpunn.bench import format_machine_info, machine_info
@@ -674,112 +566,3 @@ def test_machine_info_describes_the_gpu(device):
     assert name and name in text
 
 
-# ------------------------------------------------------------------------ the simulation
-def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
-    """The checks that make a pass on the simulated GPU mean something."""
-    import simulated_cupy as cp
-
-    from gpunn.backend.cupy_ops import CupyOps
-
-    ops = CupyOps()
-    params, grads = cp.zeros(8, dtype=numpy.float32), cp.ones(8, dtype=numpy.float32)
-    with pytest.raises(TypeError, match="Python float"):  # float32 would not stay float32
-        K.SGD_UPDATE.build()(grads, 0.1, numpy.float32(0), params)
-    with pytest.raises(TypeError, match="mismatched"):
-        K.SGD_UPDATE.build()(grads, numpy.float64(0.1), numpy.float32(0), params)
-    with pytest.raises(TypeError, match="host"):
-        K.SGD_UPDATE.build()(grads.get(), numpy.float32(0.1), numpy.float32(0), params)
-    with pytest.raises(TypeError, match="Implicit conversion"):
-        numpy.asarray(params)
-    with pytest.raises(ValueError, match="broadcast"):
-        K.SGD_UPDATE.build()(grads, numpy.float32(0.1), numpy.float32(0), params[:4])
-    with pytest.raises(TypeError, match="mismatched"):  # an int32 cursor for an int64 one
-        K.ADVANCE_CURSOR.build()(numpy.int64(3), numpy.int64(10), cp.zeros((), numpy.int32))
-
-    def step_that_reads_the_loss():
-        ops.sgd_update(params, grads, 0.1)
-        float(params.sum())
-
-    with pytest.warns(RuntimeWarning, match="could not be recorded"):
-        for _ in range(ops.warmup + 1):
-            ops.run_step("reads", step_that_reads_the_loss)
-    assert ops.recorded_steps == 0
-
-    params.fill(0)
-    lr = [1.0]
-    for call in range(ops.warmup + 3):  # eager, eager, captured, then two replays
-        if call > ops.warmup:
-            lr[0] = 100.0  # too late: the graph holds the 1.0 it was captured with
-        ops.run_step("frozen", lambda: ops.sgd_update(params, grads, lr[0]))
-    assert ops.recorded_steps == 1
-    numpy.testing.assert_array_equal(params.get(), -float(ops.warmup + 3))
-    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
-        params.get()
-    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
-        params[params > 0]  # a boolean mask: CuPy counts its hits on the host
-
-    side = cp.cuda.Stream(non_blocking=True)  # does not wait for the legacy stream
-    data = cp.zeros(4, dtype=numpy.float32)  # written on the legacy stream
-    with side, pytest.raises(cp.RaceError):
-        data += 1
-    side.wait_event(cp.cuda.get_current_stream().record())
-    with side:
-        data += 1  # ordered after the write now
-    with pytest.raises(cp.RaceError):  # the legacy stream reads before the side one is done
-        data.get()
-    cp.cuda.get_current_stream().wait_event(side.record())
-    numpy.testing.assert_array_equal(data.get(), 1.0)
-
-
-def test_the_simulation_offers_only_what_cupy_has():
-    """Every name the simulation defines for gpunn to use exists in the installed CuPy (its
-    NumPy fallbacks are limited to CuPy's names by ``install``)."""
-    real = cuda_module.cupy
-    if real is None:
-        pytest.skip("CuPy is not installed: nothing to compare the simulation with")
-    protocols = {"__array__", "__array_ufunc__", "__array_function__", "__float__", "__int__",
-                 "__bool__", "__len__", "__getitem__", "__setitem__"}
-    own = {n for n in vars(simulated_cupy.ndarray) if not n.startswith("_") or n in protocols}
-    assert own - set(dir(real.ndarray)) == set()
-    module = {"asarray", "array", "asnumpy", "empty", "zeros", "ones", "full", "ndarray",
-              "ElementwiseKernel", "ReductionKernel", "RawModule", "get_default_memory_pool",
-              "cuda", "_core"}
-    assert module - set(dir(real)) == set()
-    cuda = {n for n in vars(simulated_cupy.cuda) if not n.startswith("_")}
-    assert cuda - set(dir(real.cuda)) == set()
-    assert set(vars(simulated_cupy.runtime)) - set(dir(real.cuda.runtime)) == set()
-
-
-@pytest.mark.parametrize("hidden", [1, 2, 3])
-@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
-def test_a_step_is_the_fused_kernels_and_a_recorded_step_one_launch(simulated, hidden,
-                                                                      optimizer):
-    """Per eager step of L layers: the batch gather (X, Y, and the cursor), per layer a GEMM
-    and ONE bias + σ kernel, one cost, one output delta, per layer dW, db, and (below the
-    last) δ propagation and σ', and ONE update for all layers (Adam: one more, its step
-    count): 4 + 6L launches, nothing else. Recorded, the same step is one graph launch and
-    nothing else: more steps in an epoch add graph launches only."""
-    from gpunn import train
-
-    sizes = [12, *([16] * hidden), 3]
-    layers = len(sizes) - 1
-
-    def last_epoch(graphs, n):
-        """(launches, of which graph launches) of an epoch after two epochs of warm-up."""
-        ops = cupy_ops(graphs=graphs)
-        net = gpunn.Network(sizes, output="softmax", loss="cross_entropy", backend=ops, seed=0)
-        X, y = _data(n=n)
-        Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
-        opt = make_optimizer(optimizer, 0.01)
-        with ops.training_scope(10):
-            for epoch in range(3):
-                launches, graphs_before = simulated.launches, simulated.graph_launches
-                train.run_epoch(net, Xd, Yd, opt, 10, True, 0, epoch)
-        return simulated.launches - launches, simulated.graph_launches - graphs_before
-
-    (eager_60, no_graphs), (eager_120, _) = last_epoch(False, 60), last_epoch(False, 120)
-    (recorded_60, graphs_60), (recorded_120, graphs_120) = (last_epoch(True, 60),
-                                                            last_epoch(True, 120))
-    assert no_graphs == 0 and (graphs_60, graphs_120) == (6, 12)
-    assert recorded_120 - recorded_60 == 6  # six more steps: six more graph launches
-    assert eager_120 - eager_60 == 6 * (4 + 6 * layers + (optimizer == "adam"))

@@ -1,0 +1,185 @@
+"""What only the simulated GPU of ``tests/simulated_cupy.py`` can check: that it refuses
+what a GPU would refuse (so that a pass on it means something), that a step is exactly the
+fused kernels and a recorded step one graph launch, training through the kernels' CUDA text
+compiled for the CPU, and device memory running out where the test decides."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy
+import pytest
+import simulated_cupy
+from gpu_support import CONFIGS, assert_same_training, cupy_ops, data
+
+import gpunn
+from gpunn.backend import cuda as cuda_module
+from gpunn.backend import kernels as K
+from gpunn.errors import DeviceMemoryError
+from gpunn.optim import make_optimizer
+
+
+def test_a_network_too_large_for_the_gpu_says_so(simulated):
+    simulated.memory_limit = 1 << 20  # 1 MiB of device memory
+    with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients, which "
+                       r"takes about 3\.8 MiB .*Use a smaller network"):
+        gpunn.Network([1000, 500, 2], backend=cupy_ops())
+
+
+def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch):
+    """Wherever in training the GPU runs out of memory, the error names the batch size."""
+    import simulated_cupy as cp
+
+    from gpunn.backend.cupy_ops import CupyOps
+
+    calls = []
+    forward = CupyOps.layer_forward
+
+    def failing_forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second step, still eager
+            raise cp.OutOfMemoryError(1 << 30, 1 << 34)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CupyOps, "layer_forward", failing_forward)
+    X, y = data(n=40)
+    net = gpunn.Network([12, 8, 3], backend=cupy_ops())
+    with pytest.raises(DeviceMemoryError, match="while training for a batch of 8 rows"):
+        net.fit(X, y, epochs=3, batch_size=8, progress=False)
+
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
+@pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
+def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
+    """The simulated GPU with every fused kernel running its CUDA text compiled for the CPU
+    (tests/host_kernels.py), recorded steps and all: the training matches NumPy's."""
+    import host_kernels
+
+    reason = host_kernels.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    X, y = data(n=37)
+    results, histories = [], []
+    with simulated_cupy.install(compiled_kernels=True):
+        for backend in ("numpy", cupy_ops()):
+            net = gpunn.Network([12, 10, 3], backend=backend, seed=2, dtype="float64", **config)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                history = net.fit(X, y, epochs=2, batch_size=8, optimizer=optimizer,
+                                  lr=0.01 if optimizer == "adam" else 0.05, progress=False,
+                                  validation_data=(X[:9], y[:9]))
+            results.append(net)
+            histories.append([history])
+    assert_same_training(*results, histories, rtol=1e-8)  # C++ and NumPy round apart
+
+
+
+def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
+    """The checks that make a pass on the simulated GPU mean something."""
+    import simulated_cupy as cp
+
+    from gpunn.backend.cupy_ops import CupyOps
+
+    ops = CupyOps()
+    params, grads = cp.zeros(8, dtype=numpy.float32), cp.ones(8, dtype=numpy.float32)
+    with pytest.raises(TypeError, match="Python float"):  # float32 would not stay float32
+        K.SGD_UPDATE.build()(grads, 0.1, numpy.float32(0), params)
+    with pytest.raises(TypeError, match="mismatched"):
+        K.SGD_UPDATE.build()(grads, numpy.float64(0.1), numpy.float32(0), params)
+    with pytest.raises(TypeError, match="host"):
+        K.SGD_UPDATE.build()(grads.get(), numpy.float32(0.1), numpy.float32(0), params)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        numpy.asarray(params)
+    with pytest.raises(ValueError, match="broadcast"):
+        K.SGD_UPDATE.build()(grads, numpy.float32(0.1), numpy.float32(0), params[:4])
+    with pytest.raises(TypeError, match="mismatched"):  # an int32 cursor for an int64 one
+        K.ADVANCE_CURSOR.build()(numpy.int64(3), numpy.int64(10), cp.zeros((), numpy.int32))
+
+    def step_that_reads_the_loss():
+        ops.sgd_update(params, grads, 0.1)
+        float(params.sum())
+
+    with pytest.warns(RuntimeWarning, match="could not be recorded"):
+        for _ in range(ops.warmup + 1):
+            ops.run_step("reads", step_that_reads_the_loss)
+    assert ops.recorded_steps == 0
+
+    params.fill(0)
+    lr = [1.0]
+    for call in range(ops.warmup + 3):  # eager, eager, captured, then two replays
+        if call > ops.warmup:
+            lr[0] = 100.0  # too late: the graph holds the 1.0 it was captured with
+        ops.run_step("frozen", lambda: ops.sgd_update(params, grads, lr[0]))
+    assert ops.recorded_steps == 1
+    numpy.testing.assert_array_equal(params.get(), -float(ops.warmup + 3))
+    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
+        params.get()
+    with cp.cupyx.allow_synchronize(False), pytest.raises(cp.DeviceSynchronized):
+        params[params > 0]  # a boolean mask: CuPy counts its hits on the host
+
+    side = cp.cuda.Stream(non_blocking=True)  # does not wait for the legacy stream
+    data = cp.zeros(4, dtype=numpy.float32)  # written on the legacy stream
+    with side, pytest.raises(cp.RaceError):
+        data += 1
+    side.wait_event(cp.cuda.get_current_stream().record())
+    with side:
+        data += 1  # ordered after the write now
+    with pytest.raises(cp.RaceError):  # the legacy stream reads before the side one is done
+        data.get()
+    cp.cuda.get_current_stream().wait_event(side.record())
+    numpy.testing.assert_array_equal(data.get(), 1.0)
+
+
+def test_the_simulation_offers_only_what_cupy_has():
+    """Every name the simulation defines for gpunn to use exists in the installed CuPy (its
+    NumPy fallbacks are limited to CuPy's names by ``install``)."""
+    real = cuda_module.cupy
+    if real is None:
+        pytest.skip("CuPy is not installed: nothing to compare the simulation with")
+    protocols = {"__array__", "__array_ufunc__", "__array_function__", "__float__", "__int__",
+                 "__bool__", "__len__", "__getitem__", "__setitem__"}
+    own = {n for n in vars(simulated_cupy.ndarray) if not n.startswith("_") or n in protocols}
+    assert own - set(dir(real.ndarray)) == set()
+    module = {"asarray", "array", "asnumpy", "empty", "zeros", "ones", "full", "ndarray",
+              "ElementwiseKernel", "ReductionKernel", "RawModule", "get_default_memory_pool",
+              "cuda", "_core"}
+    assert module - set(dir(real)) == set()
+    cuda = {n for n in vars(simulated_cupy.cuda) if not n.startswith("_")}
+    assert cuda - set(dir(real.cuda)) == set()
+    assert set(vars(simulated_cupy.runtime)) - set(dir(real.cuda.runtime)) == set()
+
+
+@pytest.mark.parametrize("hidden", [1, 2, 3])
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
+def test_a_step_is_the_fused_kernels_and_a_recorded_step_one_launch(simulated, hidden,
+                                                                      optimizer):
+    """Per eager step of L layers: the batch gather (X, Y, and the cursor), per layer a GEMM
+    and ONE bias + σ kernel, one cost, one output delta, per layer dW, db, and (below the
+    last) δ propagation and σ', and ONE update for all layers (Adam: one more, its step
+    count): 4 + 6L launches, nothing else. Recorded, the same step is one graph launch and
+    nothing else: more steps in an epoch add graph launches only."""
+    from gpunn import train
+
+    sizes = [12, *([16] * hidden), 3]
+    layers = len(sizes) - 1
+
+    def last_epoch(graphs, n):
+        """(launches, of which graph launches) of an epoch after two epochs of warm-up."""
+        ops = cupy_ops(graphs=graphs)
+        net = gpunn.Network(sizes, output="softmax", loss="cross_entropy", backend=ops, seed=0)
+        X, y = data(n=n)
+        Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
+        opt = make_optimizer(optimizer, 0.01)
+        with ops.training_scope(10):
+            for epoch in range(3):
+                launches, graphs_before = simulated.launches, simulated.graph_launches
+                train.run_epoch(net, Xd, Yd, opt, 10, True, 0, epoch)
+        return simulated.launches - launches, simulated.graph_launches - graphs_before
+
+    (eager_60, no_graphs), (eager_120, _) = last_epoch(False, 60), last_epoch(False, 120)
+    (recorded_60, graphs_60), (recorded_120, graphs_120) = (last_epoch(True, 60),
+                                                            last_epoch(True, 120))
+    assert no_graphs == 0 and (graphs_60, graphs_120) == (6, 12)
+    assert recorded_120 - recorded_60 == 6  # six more steps: six more graph launches
+    assert eager_120 - eager_60 == 6 * (4 + 6 * layers + (optimizer == "adam"))
