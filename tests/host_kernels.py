@@ -58,44 +58,45 @@ _CXX_TYPES = {"T": "T", "I": "long long", "int64": "long long", "float64": "doub
               "float32": "float", "int32": "int", "bool": "bool"}
 
 
-def _elementwise(name: str, params: list[tuple[bool, str, str]], n_in: int, body: str) -> str:
-    """``extern "C" void name(...)``: the body in a loop over i, arguments bound per i."""
-    args, binds = [], []
+def _parameters(params: list[tuple[bool, str, str]], n_in: int) -> tuple[str, str, str]:
+    """The C parameter list, and the bindings of the inputs and of the outputs at index ``i``:
+    a non-``raw`` argument comes as a pointer and, per i, the index of its broadcast element;
+    a ``raw`` one as a plain pointer."""
+    args, inputs, outputs = [], [], []
     for k, (raw, type_, var) in enumerate(params):
         ctype = _CXX_TYPES.get(type_, type_)
         if raw:
             args.append(f"{ctype}* {var}")
+            continue
+        args.append(f"{ctype}* {var}_ptr, const long long* {var}_at")
+        if k < n_in:
+            inputs.append(f"const {ctype} {var} = {var}_ptr[{var}_at[i]];")
         else:
-            args.append(f"{ctype}* {var}_ptr, const long long* {var}_at")
-            ref, const = ("&", "") if k >= n_in else ("", "const ")
-            binds.append(f"{const}{ctype}{ref} {var} = {var}_ptr[{var}_at[i]];")
+            outputs.append(f"{ctype}& {var} = {var}_ptr[{var}_at[i]];")
+    return ", ".join(args), " ".join(inputs), " ".join(outputs)
+
+
+def _elementwise(spec: K.Elementwise) -> str:
+    """``extern "C" void gpunn_<name>(...)``: the body in a loop over i."""
+    params = K._split_params(spec.in_params) + K._split_params(spec.out_params)
+    args, inputs, outputs = _parameters(params, spec.n_in)
     return (
-        f'extern "C" void {name}({", ".join(args)}, long long n) {{\n'
-        f"  for (long long i = 0; i < n; ++i) {{ {' '.join(binds)} {body} }}\n}}\n"
+        f'extern "C" void gpunn_{spec.name}({args}, long long n) {{\n'
+        f"  for (long long i = 0; i < n; ++i) {{ {inputs} {outputs} {spec.body} }}\n}}\n"
     )
 
 
 def _reduction(spec: K.Reduction) -> str:
-    """A reduction: acc = identity; acc = reduce(acc, map(i)) over i; then post_map(acc)."""
+    """A reduction: acc = identity; acc = reduce(acc, map(i)) over i; then post_map(acc) into
+    the output's one element."""
     params = K._split_params(spec.in_params) + K._split_params(spec.out_params)
-    n_in = len(K._split_params(spec.in_params))
-    args, binds, out_binds = [], [], []
-    for k, (raw, type_, var) in enumerate(params):
-        ctype = _CXX_TYPES.get(type_, type_)
-        if raw:
-            args.append(f"{ctype}* {var}")
-        else:
-            args.append(f"{ctype}* {var}_ptr, const long long* {var}_at")
-            if k < n_in:
-                binds.append(f"const {ctype} {var} = {var}_ptr[{var}_at[i]];")
-            else:
-                out_binds.append(f"{ctype}& {var} = {var}_ptr[0];")
+    args, inputs, outputs = _parameters(params, spec.n_in)
     return (
-        f'extern "C" void gpunn_{spec.name}({", ".join(args)}, long long n) {{\n'
+        f'extern "C" void gpunn_{spec.name}({args}, long long n) {{\n'
         f"  T acc = (T)({spec.identity});\n"
-        f"  for (long long i = 0; i < n; ++i) {{ {' '.join(binds)} T a = acc; "
+        f"  for (long long i = 0; i < n; ++i) {{ {inputs} T a = acc; "
         f"T b = ({spec.map_expr}); a = ({spec.reduce_expr}); acc = a; }}\n"
-        f"  {{ T a = acc; {' '.join(out_binds)} {spec.post_map_expr}; }}\n}}\n"
+        f"  {{ long long i = 0; T a = acc; {outputs} {spec.post_map_expr}; }}\n}}\n"
     )
 
 
@@ -120,9 +121,7 @@ def source(dtype: Any) -> str:
     """The C++ translation unit for T = float or double."""
     parts = [_PRELUDE, f"typedef {K.ROW_KERNEL_TYPES[numpy.dtype(dtype)]} T;",
              K.ROW_KERNELS_SOURCE]
-    for spec in K.ELEMENTWISE.values():
-        params = K._split_params(spec.in_params) + K._split_params(spec.out_params)
-        parts.append(_elementwise(f"gpunn_{spec.name}", params, spec.n_in, spec.body))
+    parts.extend(_elementwise(spec) for spec in K.ELEMENTWISE.values())
     parts.extend(_reduction(spec) for spec in K.REDUCTIONS.values())
     parts.extend(_row_launcher(name) for name in K.ROW_KERNEL_NAMES)
     return "\n".join(parts)
