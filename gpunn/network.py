@@ -291,8 +291,8 @@ class Network:
         if module not in (None, numpy) and not self.backend.is_device_array(value):
             raise InputTypeError(
                 f"{name} is a GPU (CuPy) array but this network runs on "
-                f"{self.backend.name}: pass {name}.get(), or create the network with "
-                "backend='cupy'"
+                f"{self.backend.name}: pass a NumPy copy of it (its .get()), or create the "
+                "network with backend='cupy'"
             )
         return self.backend.asarray(value, dtype=dtype)
 

@@ -253,6 +253,35 @@ def test_tf32_switch_sets_cupys_compute_type(device):
         cupy._core.set_compute_type(numpy.float32, before)
 
 
+def test_tf32_scope_restores_any_setting_and_is_part_of_a_recorded_step(device):
+    """tf32_scope puts back whatever compute type was set, and a recorded step made without
+    TF32 is not replayed inside the scope (nor one made inside it after)."""
+    cupy = device.cupy
+    from cupy._core import _routines_linalg as linalg
+
+    ops = cupy_ops()
+    before = cupy._core.get_compute_type(numpy.float32)
+    try:
+        cupy._core.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_PEDANTIC)
+        with ops.tf32_scope(True):
+            assert cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
+        assert cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_PEDANTIC
+    finally:
+        cupy._core.set_compute_type(numpy.float32, before)
+    X, y = data(n=40)
+    Xd, Yd = cupy.asarray(X.astype(numpy.float32)), cupy.asarray(numpy.eye(3)[y], "float32")
+    net = gpunn.Network([12, 8, 3], backend=ops, seed=0)
+    options = {"epochs": 2, "batch_size": 8, "lr": 0.1, "shuffle": False, "progress": False}
+    net.fit(Xd, Yd, **options)
+    recorded = ops.recorded_steps
+    with ops.tf32_scope(True):
+        net.fit(Xd, Yd, **options)
+    assert ops.recorded_steps > recorded  # recorded anew, with TF32
+    recorded = ops.recorded_steps
+    net.fit(Xd, Yd, **options)
+    assert ops.recorded_steps == recorded  # the first recording serves again
+
+
 def test_device_values_for_recorded_updates(device):
     """A 0-d device learning rate and a device step counter give the host-scalar update."""
     cupy = device.cupy
@@ -457,13 +486,18 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
         assert net.evaluate(Xd, Td)["loss"] == pytest.approx(host.evaluate(X, targets)["loss"],
                                                              rel=1e-4)
     # a column slice is not C-contiguous: the recorded gather reads it through its strides
-    wide = cupy.asarray(numpy.hstack([X, X]).astype(numpy.float32))
+    wide = cupy.asarray(numpy.hstack([X, 1 + X]).astype(numpy.float32))
     net = gpunn.Network([12, 8, 3], backend=cupy_ops(graphs=True), seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # every step is recorded
         net.fit(wide[:, :12], cupy.asarray(y), epochs=2, batch_size=8, progress=False)
+    host = gpunn.Network([12, 8, 3], backend="numpy", seed=0)
+    host.fit(X.astype(numpy.float32), y, epochs=2, batch_size=8, progress=False)
+    for (W0, b0), (W1, b1) in zip(host.get_params(), net.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-4, atol=1e-6)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-4, atol=1e-6)
     on_cpu = gpunn.Network([12, 8, 3], backend="numpy")
-    with pytest.raises(gpunn.InputTypeError, match=r"X is a GPU .* pass X\.get\(\)"):
+    with pytest.raises(gpunn.InputTypeError, match=r"X is a GPU .* \(its \.get\(\)\)"):
         on_cpu.fit(cupy.asarray(X), y, progress=False)
     with pytest.raises(gpunn.InputTypeError, match="Y is a GPU"):
         on_cpu.evaluate(X, cupy.asarray(y))
@@ -491,6 +525,12 @@ def test_bench_runs_the_cupy_backend(device):
 
     assert get_backend("cupy").tf32 is False  # the TF32 measurement switched it back off
     assert device.cupy._core.get_compute_type(numpy.float32) == before
+    assert result["settings"]["tf32"] is False
+    with get_backend("cupy").tf32_scope(True):  # as under gpunn bench --tf32
+        result = run_bench(configs=["seed"], backends=["cupy"], batch_sizes=[10], quick=True,
+                           peers=False, gemm_n=64, log=None)
+    assert result["settings"]["tf32"] is True
+    assert result["gemm"]["cupy"]["dtype"] == "float32-tf32"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])

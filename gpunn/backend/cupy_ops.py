@@ -267,8 +267,10 @@ class CupyOps(Ops):
         graph on :attr:`stream` and replay the graph for every later call with that key.
 
         ``step`` must read and write only buffers that stay fixed for ``key`` (the caller's
-        contract), and must not synchronise with the host.
+        contract), and must not synchronise with the host. A recording also fixes how its
+        matrix products compute (TF32 or not), so CuPy's float32 compute type joins the key.
         """
+        key = (key, cupy._core.get_compute_type(numpy.float32))
         if not self.graphs or key in self._eager_only:
             self._on_stream(step)
             return

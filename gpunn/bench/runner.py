@@ -204,6 +204,9 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                      "batch_sizes": sizes, "peers": peers, "quick": quick,
                      "repeats": repeats, "seed": seed, "target_s_per_repeat": target,
                      "dtype": "float32", "warmup": "one untimed repeat per contender",
+                     # gpunn's float32 products on the GPU's tensor cores (--tf32); PyTorch's
+                     # precision is in its GEMM row (float32_matmul_precision)
+                     "tf32": "cupy" in wanted and C.cupy_tf32(),
                      "flops_per_sample": "2*sum(W) fwd + 2*sum(W) dW + 2*sum(W[1:]) dX"},
         "configs": [c.as_dict() for c in cfgs],
         "gemm": {}, "rows": [], "skipped": [],

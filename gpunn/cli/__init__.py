@@ -101,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         from ..backend import tf32_scope
 
-        with tf32_scope() if getattr(args, "tf32", False) else contextlib.nullcontext():
+        on_gpu = getattr(args, "backend", "auto") != "numpy"  # no CUDA start for NumPy runs
+        tf32 = getattr(args, "tf32", False) and on_gpu
+        with tf32_scope() if tf32 else contextlib.nullcontext():
             return int(args.run(args) or 0)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
