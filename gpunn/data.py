@@ -761,7 +761,7 @@ def _load_csv(path: Path, label_column: str | int | None) -> tuple[np.ndarray, n
         return [c.strip() for c in next(csv.reader([line], delimiter=delim))]
 
     first_cells = split_row(first)
-    has_header = any(not _is_number(c) for c in first_cells)
+    has_header = any(not is_number(c) for c in first_cells)
     header = first_cells if has_header else None
     body = lines[1:] if has_header else lines
     n_cols = len(first_cells)
@@ -848,7 +848,7 @@ def _diagnose_csv(
                 f"{where} line {lineno} has {len(cells)} cells, the first row has {n_cols}"
             )
         for j, cell in enumerate(cells):
-            if not _is_number(cell.strip()):
+            if not is_number(cell.strip()):
                 col = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
                 what = "an empty cell" if not cell.strip() else f"non-numeric value {cell!r}"
                 hint = (
@@ -859,7 +859,8 @@ def _diagnose_csv(
                 raise DataError(f"{where} line {lineno}, {col}: {what}{hint}")
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell reads as a number (a header cell does not)."""
     try:
         float(cell)
     except ValueError:

@@ -54,8 +54,7 @@ std::barrier<>* gpunn_block_barrier;
 alignas(16) unsigned char gpunn_smem[1 << 16];
 """
 
-_CXX_TYPES = {"T": "T", "I": "long long", "int64": "long long", "float64": "double",
-              "float32": "float", "int32": "int", "bool": "bool"}
+_CXX_TYPES = K._CXX_TYPES  # parameter types as C++ types: the same as for nvcc
 
 
 def _parameters(params: list[tuple[bool, str, str]], n_in: int) -> tuple[str, str, str]:

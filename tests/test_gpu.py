@@ -485,6 +485,10 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
         numpy.testing.assert_allclose(net.predict(Xd), host.predict(X), rtol=1e-4, atol=1e-6)
         assert net.evaluate(Xd, Td)["loss"] == pytest.approx(host.evaluate(X, targets)["loss"],
                                                              rel=1e-4)
+    # in the network's dtype, device arrays are used as they are: no copy
+    Xf, Yf = cupy.asarray(X.astype(numpy.float32)), cupy.asarray(numpy.eye(3, dtype="float32")[y])
+    fresh = gpunn.Network([12, 8, 3], backend=cupy_ops(), seed=0)
+    assert fresh.device_inputs(Xf) is Xf and fresh.device_targets(Yf, len(y)) is Yf
     # a column slice is not C-contiguous: the recorded gather reads it through its strides
     wide = cupy.asarray(numpy.hstack([X, 1 + X]).astype(numpy.float32))
     net = gpunn.Network([12, 8, 3], backend=cupy_ops(graphs=True), seed=0)

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..data import is_number
 from ..errors import DataError
 from .models import load_model, stored_scaler
 from .output import check_output_path, one_line, say, write_text
@@ -98,7 +99,7 @@ def read_inputs(path: Path) -> Any:
     if name.endswith(".csv"):
         with path.open(newline="") as handle:
             rows = [row for row in csv.reader(handle) if row and any(c.strip() for c in row)]
-        if rows and not all(_is_number(c) for c in rows[0]):
+        if rows and not all(is_number(c) for c in rows[0]):
             rows = rows[1:]  # a header row
         if not rows:
             raise DataError(f"{path} holds no samples")
@@ -113,11 +114,3 @@ def read_inputs(path: Path) -> Any:
                 raise DataError(f"{path}: row {i} holds a value that is not a number") from None
         return numpy.asarray(values)
     raise DataError(f"input {path}: use an .npz (array X), .npy or .csv file")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
