@@ -350,3 +350,46 @@ def test_torch_peer_does_the_same_math(cfg) -> None:
         np.testing.assert_allclose(lin.weight.detach().numpy(), W, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(lin.bias.detach().numpy(), b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(start[0][0], net.get_params()[0][0])  # it did train
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_torch_tf32_sets_pytorchs_cuda_precision_and_puts_it_back(enabled) -> None:
+    torch = pytest.importorskip("torch")
+    from gpunn.bench import contenders as C
+
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    with C.torch_tf32(enabled):
+        if name == "fp32_precision":
+            assert matmul.fp32_precision == ("tf32" if enabled else "ieee")
+        else:
+            assert matmul.allow_tf32 is enabled
+    assert getattr(matmul, name) == before
+
+
+def test_peers_get_gpunns_precision_under_tf32(simulated, monkeypatch) -> None:
+    """Under ``gpunn bench --tf32`` the PyTorch peers and their GEMM are asked for TF32 too,
+    and without it for full float32: every ratio compares the same arithmetic."""
+    from gpunn.backend import get_backend
+    from gpunn.bench import contenders as C
+
+    asked: list[tuple[str, bool]] = []
+
+    def peer(name):
+        def make(*args, tf32=False, **kwargs):
+            asked.append((name, tf32))
+            raise C.Skip("recorded")
+        return make
+
+    monkeypatch.setattr(C, "make_torch_eager", peer("torch-eager"))
+    monkeypatch.setattr(C, "make_torch_cuda_graph", peer("torch-cuda-graph"))
+    monkeypatch.setattr(C, "torch_gemm", peer("torch-gemm"))
+    options = {"configs": [TINY], "backends": ["cupy"], "batch_sizes": [8], "quick": True,
+               "gemm_n": 32, "log": None}
+    with get_backend("cupy").tf32_scope(True):
+        on = runner.run_bench(**options)
+    off = runner.run_bench(**options)
+    names = ["torch-gemm", "torch-eager", "torch-cuda-graph"]
+    assert asked == [(n, True) for n in names] + [(n, False) for n in names]
+    assert on["settings"]["tf32"] is True and off["settings"]["tf32"] is False

@@ -222,13 +222,15 @@ def torch_model(torch: Any, cfg: BenchConfig, params: list, device: str) -> tupl
     return model, loss_fn
 
 
-def _torch_setup(cfg: BenchConfig, backend: str, data: SyntheticData, params: list
-                 ) -> tuple[Any, str, Any, Any, Any, Any, dict]:
+def _torch_setup(cfg: BenchConfig, backend: str, data: SyntheticData, params: list,
+                 tf32: bool) -> tuple[Any, str, Any, Any, Any, Any, dict]:
     torch = import_torch()
     device = torch_device(torch, backend)
     info = {"torch": torch.__version__, "device": device,
             "update": "p -= lr * grad (torch._foreach_add_)"}
-    if device == "cpu":
+    if device == "cuda":
+        info["tf32"] = bool(tf32)
+    else:
         info.update(set_torch_threads(torch))
     model, loss_fn = torch_model(torch, cfg, params, device)
     X, Y = data.for_torch(torch, device, onehot=(cfg.loss == "mse"))
@@ -259,6 +261,27 @@ def torch_sgd(torch: Any, model: Any, lr: float) -> tuple[Callable[[], None],
     return zero_grad, step
 
 
+@contextlib.contextmanager
+def torch_tf32(enabled: bool) -> Any:
+    """PyTorch's CUDA float32 matrix products on TF32 (``enabled``) or in full float32, for the
+    duration, as gpunn's are under ``gpunn bench --tf32``: the peers then do the same
+    arithmetic, and the ratios compare like with like. Without PyTorch, nothing to switch."""
+    try:
+        import torch
+    except Exception:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if enabled else "ieee")
+                   if hasattr(matmul, "fp32_precision") else ("allow_tf32", bool(enabled)))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
 def _torch_timer(torch: Any, device: str) -> Timer:
     if device == "cuda":
         return CudaEventTimer(lambda: torch.cuda.Event(enable_timing=True),
@@ -267,50 +290,54 @@ def _torch_timer(torch: Any, device: str) -> Timer:
 
 
 def make_torch_eager(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
-                     params: list) -> Contender:
-    """PyTorch eager: Linear layers, SGD, one Python-level step per batch."""
-    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params)
+                     params: list, tf32: bool = False) -> Contender:
+    """PyTorch eager: Linear layers, SGD, one Python-level step per batch; ``tf32``: its CUDA
+    float32 products on TF32, as gpunn's under ``--tf32``."""
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
     zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
     n = len(data)
 
     def run(steps: int) -> None:
         spp, passes = _split(steps, batch, n)
-        for _ in range(passes):
-            for i in range(spp):
-                xb = X[i * batch:(i + 1) * batch]
-                yb = Y[i * batch:(i + 1) * batch]
-                zero_grad()
-                loss_fn(model(xb), yb).backward()
-                sgd_step()
+        with torch_tf32(tf32):
+            for _ in range(passes):
+                for i in range(spp):
+                    xb = X[i * batch:(i + 1) * batch]
+                    yb = Y[i * batch:(i + 1) * batch]
+                    zero_grad()
+                    loss_fn(model(xb), yb).backward()
+                    sgd_step()
 
     return Contender("torch-eager", backend, batch, run, _torch_timer(torch, device), info,
                      model)
 
 
 def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
-                          params: list) -> Contender:
+                          params: list, tf32: bool = False) -> Contender:
     """PyTorch with the whole step (forward, backward, SGD update) captured as a CUDA graph;
-    each step copies its batch into the static input and replays the graph."""
+    each step copies its batch into the static input and replays the graph. ``tf32``: the
+    captured products run on TF32 (the precision is fixed at capture)."""
     if backend != "cupy":
         raise Skip("CUDA graphs need the GPU")
-    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params)
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
     zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
     static_x = X[:batch].clone()
     static_y = Y[:batch].clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            zero_grad()
-            loss_fn(model(static_x), static_y).backward()
+    with torch_tf32(tf32):
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                zero_grad()
+                loss_fn(model(static_x), static_y).backward()
+                sgd_step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        zero_grad()  # grads are allocated inside the capture, from the graph's memory pool
+        with torch.cuda.graph(graph):
+            static_loss = loss_fn(model(static_x), static_y)
+            static_loss.backward()
             sgd_step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    zero_grad()  # grads are allocated inside the capture, from the graph's memory pool
-    with torch.cuda.graph(graph):
-        static_loss = loss_fn(model(static_x), static_y)
-        static_loss.backward()
-        sgd_step()
     # start from the same weights as everyone else (the warm-up steps moved them)
     with torch.no_grad():
         lins = [m for m in model if isinstance(m, torch.nn.Linear)]
@@ -417,8 +444,9 @@ def cupy_tf32() -> bool:
     return cp._core.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
 
 
-def torch_gemm(backend: str, n: int, repeats: int = 5) -> dict:
-    """The float32 GEMM rate of PyTorch on the device matching ``backend``."""
+def torch_gemm(backend: str, n: int, repeats: int = 5, tf32: bool = False) -> dict:
+    """The float32 GEMM rate of PyTorch on the device matching ``backend`` (on TF32 if
+    ``tf32`` and the device is a GPU)."""
     torch = import_torch()
     device = torch_device(torch, backend)
     info = set_torch_threads(torch) if device == "cpu" else {}
@@ -426,8 +454,8 @@ def torch_gemm(backend: str, n: int, repeats: int = 5) -> dict:
     A = torch.rand((n, n), generator=g).to(device)
     B = torch.rand((n, n), generator=g).to(device)
     C = torch.empty((n, n), device=device)
-    out = gemm_gflops(lambda: torch.matmul(A, B, out=C), n, _torch_timer(torch, device),
-                      repeats)
-    out.update(info, library=f"torch {torch.__version__}",
-               float32_matmul_precision=torch.get_float32_matmul_precision())
+    with torch_tf32(tf32):
+        out = gemm_gflops(lambda: torch.matmul(A, B, out=C), n, _torch_timer(torch, device),
+                          repeats, dtype="float32-tf32" if tf32 and device == "cuda" else "float32")
+    out.update(info, library=f"torch {torch.__version__}")
     return out

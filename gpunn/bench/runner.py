@@ -198,15 +198,16 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
     min_steps = 1 if quick else MIN_STEPS
 
     machine = machine_info()
+    tf32 = "cupy" in wanted and C.cupy_tf32()
     results: dict[str, Any] = {
         "schema": SCHEMA, "machine": machine,
         "settings": {"configs": [c.name for c in cfgs], "backends": wanted,
                      "batch_sizes": sizes, "peers": peers, "quick": quick,
                      "repeats": repeats, "seed": seed, "target_s_per_repeat": target,
                      "dtype": "float32", "warmup": "one untimed repeat per contender",
-                     # gpunn's float32 products on the GPU's tensor cores (--tf32); PyTorch's
-                     # precision is in its GEMM row (float32_matmul_precision)
-                     "tf32": "cupy" in wanted and C.cupy_tf32(),
+                     # float32 products on the GPU's tensor cores (--tf32): gpunn's, and
+                     # then the PyTorch peers' too, so that the ratios compare like with like
+                     "tf32": tf32,
                      "flops_per_sample": "2*sum(W) fwd + 2*sum(W) dW + 2*sum(W[1:]) dX"},
         "configs": [c.as_dict() for c in cfgs],
         "gemm": {}, "rows": [], "skipped": [],
@@ -242,7 +243,8 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                     gemm[name] = {"error": f"{type(exc).__name__}: {exc}"}
         if peers:
             try:
-                gemm[f"torch-{device}"] = C.torch_gemm(backend, n_gemm, repeats=repeats)
+                gemm[f"torch-{device}"] = C.torch_gemm(backend, n_gemm, repeats=repeats,
+                                                       tf32=tf32)
                 say(f"[bench] torch {device} float32 GEMM {n_gemm}: "
                     f"{gemm[f'torch-{device}']['gflops']:.1f} GFLOP/s")
             except C.Skip as exc:
@@ -281,8 +283,8 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                     if name == "torch-cuda-graph" and backend != "cupy":
                         continue
                     try:
-                        c = _build(name, partial(make, cfg, backend, cfg.batch, data, params),
-                                   skipped, backend)
+                        c = _build(name, partial(make, cfg, backend, cfg.batch, data, params,
+                                                 tf32=tf32), skipped, backend)
                     except Exception as exc:
                         rows.append(_row(cfg, backend, name, None, status="error",
                                          reason=f"{type(exc).__name__}: {exc}"))
