@@ -2,7 +2,7 @@
 # One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
 #   scripts/gpu_check.sh OUTDIR
 # run from anywhere; works from the repository root with PYTHONPATH=. Writes into OUTDIR:
-#   summary.txt (with nvidia-smi), info.txt, tests-gpu.log, tests-all.log,
+#   summary.txt (with nvidia-smi and the speed goals met or missed), info.txt, tests-gpu.log, tests-all.log,
 #   benchmarks-smoke.log, bench-<gpu>-<date>.{json,png,log}: 8 files at most, so that a
 #   remote runner that returns a limited number of files gets them all
 # Each part is time-boxed so the whole script stays under 9 minutes. torch and mlxtend are
@@ -87,6 +87,11 @@ if [ ! -s "$BASE.json" ]; then
         run bench-quick "$LEFT2" "$BASE.log" "$PY" -m gpunn bench --backends cupy \
             --quick --json "$BASE.json" --plot "$BASE.png"
     fi
+fi
+
+# 5. the speed goals, read off the bench's JSON, into summary.txt
+if [ -s "$BASE.json" ]; then
+    timeout 30 "$PY" scripts/gpu_targets.py "$BASE.json" 2>&1 | tee -a "$SUMMARY"
 fi
 
 note "done in $(elapsed)s; results in $OUT"

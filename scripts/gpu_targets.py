@@ -1,0 +1,88 @@
+"""gpunn's GPU speed goals, read off one ``gpunn bench`` JSON file.
+
+    python scripts/gpu_targets.py RESULTS.json
+
+Each goal is a figure the bench measured in one run on one GPU: gpunn's training throughput
+against PyTorch eager's on the same device, configuration and batch size (``ratio_to_torch``),
+and on wide-b8192 the share of the float32 GEMM rate timed in turn with it (``pct_gemm``).
+Prints one line per goal: the figure, the goal, and whether the run meets it. Exits 0 when
+every goal was measured and met, 1 when one was missed, 2 when one could not be read (no GPU
+rows, PyTorch absent, a cell skipped or failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Goal:
+    config: str
+    field: str  # "ratio_to_torch" or "pct_gemm" of gpunn's row on the GPU
+    minimum: float
+
+    def describe(self) -> str:
+        if self.field == "ratio_to_torch":
+            return f"{self.config}: gpunn / PyTorch eager >= {self.minimum:g}x"
+        return f"{self.config}: >= {self.minimum:g}% of the float32 GEMM rate"
+
+
+GOALS = (
+    Goal("mlp-b32", "ratio_to_torch", 3.0),
+    Goal("mlp-b128", "ratio_to_torch", 1.5),
+    Goal("mlp-b1024", "ratio_to_torch", 1.0),
+    Goal("mlp-b8192", "ratio_to_torch", 1.0),
+    Goal("wide-b8192", "pct_gemm", 85.0),
+)
+
+
+def check(results: dict) -> list[tuple[Goal, float | None, str]]:
+    """(goal, measured figure or None, verdict) for every goal: "met", "missed" or why the
+    figure is missing."""
+    rows = {r.get("config"): r for r in results.get("rows", [])
+            if r.get("backend") == "cupy" and r.get("contender") == "gpunn"}
+    out: list[tuple[Goal, float | None, str]] = []
+    for goal in GOALS:
+        row = rows.get(goal.config)
+        if row is None:
+            out.append((goal, None, "not measured (no gpunn row on the GPU)"))
+        elif row.get("status") != "ok":
+            out.append((goal, None, f"{row.get('status')}: {row.get('reason', '')}"))
+        elif row.get(goal.field) is None:
+            why = "no PyTorch eager row" if goal.field == "ratio_to_torch" else "no GEMM rate"
+            out.append((goal, None, f"not measured ({why})"))
+        else:
+            value = float(row[goal.field])
+            out.append((goal, value, "met" if value >= goal.minimum else "missed"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="a JSON file written by gpunn bench --json")
+    path = parser.parse_args(argv).results
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    machine = results.get("machine") or {}
+    gpu = (machine.get("gpu") or {}).get("name") or "no GPU recorded"
+    tf32 = " (TF32 products)" if (results.get("settings") or {}).get("tf32") else ""
+    print(f"GPU speed goals, {gpu}{tf32}:")
+    verdicts = check(results)
+    for goal, value, verdict in verdicts:
+        shown = "-" if value is None else f"{value:.2f}"
+        print(f"  {goal.describe():<50} {shown:>8}  {verdict}")
+    if any(value is None for _, value, _ in verdicts):
+        return 2
+    return 0 if all(verdict == "met" for _, _, verdict in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
