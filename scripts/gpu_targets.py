@@ -61,6 +61,20 @@ def check(results: dict) -> list[tuple[Goal, float | None, str]]:
     return out
 
 
+def ceiling_ratios(results: dict) -> str:
+    """The TF32 and float16 GEMM rates as multiples of the float32 rate, e.g. "TF32 6.1x,
+    float16 12.3x": how much faster a GEMM-bound step could run with ``--tf32`` or with
+    float16 storage (the figure that decides whether such storage would pay)."""
+    gemm = results.get("gemm") or {}
+    base = (gemm.get("cupy") or {}).get("gflops")
+    if not base or (gemm.get("cupy") or {}).get("dtype") != "float32":
+        return ""  # no plain float32 ceiling (none measured, or measured under --tf32)
+    parts = [f"{label} {gemm[name]['gflops'] / base:.1f}x"
+             for name, label in (("cupy-tf32", "TF32"), ("cupy-float16", "float16"))
+             if (gemm.get(name) or {}).get("gflops")]
+    return ", ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a JSON file written by gpunn bench --json")
@@ -79,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for goal, value, verdict in verdicts:
         shown = "-" if value is None else f"{value:.2f}"
         print(f"  {goal.describe():<50} {shown:>8}  {verdict}")
+    ceilings = ceiling_ratios(results)
+    if ceilings:
+        print("  GEMM ceilings on the GPU, relative to float32: " + ceilings)
     if any(value is None for _, value, _ in verdicts):
         return 2
     return 0 if all(verdict == "met" for _, _, verdict in verdicts) else 1

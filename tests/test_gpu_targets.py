@@ -26,8 +26,11 @@ def results(ratios: dict, pct_gemm: float | None = 90.0, **wide) -> dict:
                  "ratio_to_torch": 0.1, "pct_gemm": 1.0})
     rows.append({"backend": "cupy", "contender": "torch-eager", "config": "mlp-b32",
                  "status": "ok", "ratio_to_torch": 1.0, "pct_gemm": 1.0})
+    gemm = {"cupy": {"dtype": "float32", "gflops": 50e3},
+            "cupy-tf32": {"dtype": "float32-tf32", "gflops": 300e3},
+            "cupy-float16": {"dtype": "float16", "gflops": 600e3}}
     return {"machine": {"gpu": {"name": "NVIDIA H200"}}, "settings": {"tf32": False},
-            "rows": rows}
+            "gemm": gemm, "rows": rows}
 
 
 MET = {"mlp-b32": 3.2, "mlp-b128": 1.5, "mlp-b1024": 1.1, "mlp-b8192": 1.0}
@@ -45,6 +48,14 @@ def test_every_goal_met(tmp_path, capsys):
     assert code == 0
     assert "NVIDIA H200" in out and out.count(" met") == 5
     assert "3.20" in out and "90.00" in out
+    assert "relative to float32: TF32 6.0x, float16 12.0x" in out
+
+
+def test_no_ceiling_ratios_without_a_plain_float32_rate():
+    data = results(MET)
+    data["gemm"]["cupy"]["dtype"] = "float32-tf32"  # measured under --tf32
+    assert gpu_targets.ceiling_ratios(data) == ""
+    assert gpu_targets.ceiling_ratios({"gemm": {"cupy": {"error": "no GPU"}}}) == ""
 
 
 @pytest.mark.parametrize("change", [{"mlp-b32": 2.9}, {"mlp-b8192": 0.99}])
