@@ -16,7 +16,8 @@ the CPU:
   gpunn has a rule: the number of arguments, one dtype per type placeholder ``T``, scalars for
   ``T`` given as NumPy scalars or 0-d device arrays of that dtype (never Python floats, which
   would not keep float32 in float32), output shapes equal to the broadcast shape, and for the
-  row kernels the launch configuration and the row and column counts.
+  row kernels the launch configuration, the row and column counts and C-contiguous arrays
+  (a RawKernel gets an array's data pointer, without its strides).
 * **Stream capture records instead of running.** While a stream captures, every piece of
   device work issued on it is recorded, not run; ``Graph.launch`` runs the recording. So a
   host scalar is frozen at its value during capture, a 0-d device array is read at every
@@ -730,8 +731,14 @@ class _RowKernel:
             raise TypeError(f"{self.name}: the three arrays must be {self.dtype} device arrays")
         if not (isinstance(rows, numpy.int64) and isinstance(cols, numpy.int64)):
             raise TypeError(f"{self.name}: rows and cols must be numpy.int64")
-        if z.shape != (rows, cols) or not z.flags.c_contiguous:
+        if z.shape != (rows, cols):
             raise ValueError(f"{self.name}: z is {z.shape}, rows × cols is {(rows, cols)}")
+        for array in arrays:  # CuPy passes an array to a RawKernel as its data pointer alone
+            if not array.flags.c_contiguous:
+                raise ValueError(
+                    f"{self.name}: an array of shape {array.shape} with strides "
+                    f"{array.strides} is not C-contiguous; the kernel would read it as if it were"
+                )
         softmax = self.name == "gpunn_bias_softmax"
         want = ((cols,), z.shape) if softmax else (z.shape, ())
         if (other.shape, out.shape) != want:

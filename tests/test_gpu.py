@@ -510,6 +510,29 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
                 progress=False)
 
 
+def test_evaluate_reads_strided_targets_on_the_device(device):
+    """Targets in the network's dtype are used without a copy, so they may be a strided view
+    (a column slice, Fortran order). The softmax cross-entropy cost kernel takes raw pointers
+    (CuPy passes an array to a RawKernel as its data pointer, without strides), so such targets
+    must be made contiguous first, or the cost reads the wrong values."""
+    cupy = device.cupy
+    X, y = data(n=40)
+    Y = numpy.eye(3, dtype=numpy.float32)[y]
+    Xf = X.astype(numpy.float32)
+    host = gpunn.Network([12, 8, 3], output="softmax", loss="cross_entropy", seed=0,
+                         dtype="float32")
+    want = host.evaluate(Xf, Y)
+    net = gpunn.Network([12, 8, 3], output="softmax", loss="cross_entropy", seed=0,
+                        dtype="float32", backend=cupy_ops())
+    wide = cupy.asarray(numpy.hstack([Y, 1 - Y]))
+    fortran = cupy.asarray(numpy.asfortranarray(Y))
+    for targets in (wide[:, :3], fortran):
+        assert not targets.flags.c_contiguous
+        got = net.evaluate(cupy.asarray(Xf), targets)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["accuracy"] == want["accuracy"]
+
+
 def test_bench_runs_the_cupy_backend(device):
     """``gpunn bench --backends cupy``: the gpunn contender and the GEMM ceiling, timed with
     CUDA events (seconds mean nothing on the simulated GPU; the run must complete)."""

@@ -451,6 +451,9 @@ class CupyOps(Ops):
         elif output == "softmax":
             rows, cols = Z.shape
             if rows:
+                # the kernel takes raw pointers and reads rows of ``cols`` values: targets
+                # given as a strided view (a column slice, Fortran order) are copied first
+                Z, Y = cupy.ascontiguousarray(Z), cupy.ascontiguousarray(Y)
                 dtype = Z.dtype
                 expression = K.row_kernel_expression("gpunn_softmax_xent_cost", dtype)
                 kernel = K.row_module().get_function(expression)
