@@ -275,7 +275,9 @@ def run_epoch(
         plan = net.epoch_order(n)
         ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
         plan.cursor[...] = 0
-        buffers = (*map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape)
+        # a recorded kernel holds each array's address, shape and strides as they were
+        buffers = (*map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape,
+                   Xd.strides, Yd.strides)
     cost = net.epoch_cost
     cost[...] = 0
     for batch_start in range(0, n, batch_size):

@@ -510,6 +510,31 @@ def test_fit_evaluate_and_predict_take_arrays_already_on_the_device(device):
                 progress=False)
 
 
+def test_a_recorded_step_is_not_replayed_for_other_strides_at_the_same_address(device):
+    """A recorded gather holds its source's address, shape AND strides (CuPy passes a raw
+    array to a kernel as data pointer, shape and strides, which a CUDA graph keeps as they
+    were): another view with the same address and shape but other strides (a freed array's
+    memory given to a new one, say) must be recorded anew, not read with the old layout."""
+    cupy = device.cupy
+    X, y = data(n=40)
+    Xf, Y = X.astype(numpy.float32), numpy.eye(3, dtype=numpy.float32)[y]
+    buf = cupy.asarray(numpy.hstack([Xf, 1 + Xf]))
+    strided = buf[:, :12]  # row stride 24 values
+    packed = buf.reshape(-1)[: 40 * 12].reshape(40, 12)  # same address and shape, stride 12
+    assert strided.data.ptr == packed.data.ptr and strided.strides != packed.strides
+    Yd = cupy.asarray(Y)
+    options = {"epochs": 2, "batch_size": 8, "shuffle": False, "progress": False}
+    net = gpunn.Network([12, 8, 3], backend=cupy_ops(graphs=True), seed=0)
+    net.fit(strided, Yd, **options)
+    net.fit(packed, Yd, **options)
+    host = gpunn.Network([12, 8, 3], backend="numpy", dtype="float32", seed=0)
+    host.fit(Xf, Y, **options)
+    host.fit(cupy.asnumpy(packed), Y, **options)
+    for (W0, b0), (W1, b1) in zip(host.get_params(), net.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-4, atol=1e-6)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-4, atol=1e-6)
+
+
 def test_evaluate_reads_strided_targets_on_the_device(device):
     """Targets in the network's dtype are used without a copy, so they may be a strided view
     (a column slice, Fortran order). The softmax cross-entropy cost kernel takes raw pointers
