@@ -77,6 +77,7 @@ class State:
         self.graph_launches = 0
         self.memory_limit = 2 << 30  # bytes; a larger single allocation is out of memory
         self.compute_type: dict[str, int] = {}
+        self.compute_capability = "90"  # Device().compute_capability
         self.compiled_kernels = False  # run the kernels' CUDA text compiled for the CPU
         self.streams: weakref.WeakSet[Stream] = weakref.WeakSet()
         self.buffers: dict[int, _Buffer] = {}  # who last wrote and read each allocation
@@ -866,7 +867,7 @@ class Device:
     def use(self) -> None:
         pass
 
-    compute_capability = "90"
+    compute_capability = property(lambda self: state.compute_capability)
 
 
 class _Pool:
@@ -915,18 +916,39 @@ cuda = types.SimpleNamespace(
     get_elapsed_time=get_elapsed_time, MemoryPointer=MemoryPointer,
 )
 
-_routines_linalg = types.SimpleNamespace(
-    COMPUTE_TYPE_DEFAULT=0, COMPUTE_TYPE_PEDANTIC=1, COMPUTE_TYPE_FP16=2, COMPUTE_TYPE_FP32=3,
-    COMPUTE_TYPE_FP64=4, COMPUTE_TYPE_BF16=5, COMPUTE_TYPE_TF32=6,
+_routines_linalg = types.SimpleNamespace(  # CuPy's values (cupy/_core/_routines_linalg.pxd)
+    COMPUTE_TYPE_TBD=0, COMPUTE_TYPE_DEFAULT=1, COMPUTE_TYPE_PEDANTIC=2, COMPUTE_TYPE_FP16=3,
+    COMPUTE_TYPE_FP32=4, COMPUTE_TYPE_FP64=5, COMPUTE_TYPE_BF16=6, COMPUTE_TYPE_TF32=7,
 )
 
 
 def _set_compute_type(dtype: Any, compute_type: int) -> None:
+    """As CuPy's: BF16 and TF32 need compute capability 8.0 (CuPy warns and sets DEFAULT
+    below it); any other value than the constants is refused."""
+    L = _routines_linalg
+    if compute_type in (L.COMPUTE_TYPE_BF16, L.COMPUTE_TYPE_TF32):
+        if int(state.compute_capability) < 80:
+            import warnings
+
+            warnings.warn("COMPUTE_TYPE_BF16 and COMPUTE_TYPE_TF32 are only available on GPUs "
+                          "with compute capability 8.0 or higher. COMPUTE_TYPE_DEFAULT will be "
+                          "used instead.", stacklevel=2)
+            compute_type = L.COMPUTE_TYPE_DEFAULT
+    elif compute_type not in range(L.COMPUTE_TYPE_TBD, L.COMPUTE_TYPE_FP64 + 1):
+        raise ValueError(f"Unknown compute type: {compute_type}")
     state.compute_type[numpy.dtype(dtype).str] = compute_type
 
 
 def _get_compute_type(dtype: Any) -> int:
-    return state.compute_type.get(numpy.dtype(dtype).str, 0)
+    """As CuPy's: an unset type becomes DEFAULT (TF32 for float32 under CUPY_TF32 > 0)."""
+    key = numpy.dtype(dtype).str
+    if state.compute_type.get(key, 0) == _routines_linalg.COMPUTE_TYPE_TBD:
+        import os
+
+        tf32 = numpy.dtype(dtype).char in "fF" and int(os.getenv("CUPY_TF32", "0")) > 0
+        _set_compute_type(dtype, _routines_linalg.COMPUTE_TYPE_TF32 if tf32
+                          else _routines_linalg.COMPUTE_TYPE_DEFAULT)
+    return state.compute_type[key]
 
 
 _core = types.SimpleNamespace(

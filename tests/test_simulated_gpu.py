@@ -183,3 +183,23 @@ def test_a_step_is_the_fused_kernels_and_a_recorded_step_one_launch(simulated, h
     assert no_graphs == 0 and (graphs_60, graphs_120) == (6, 12)
     assert recorded_120 - recorded_60 == 6  # six more steps: six more graph launches
     assert eager_120 - eager_60 == 6 * (4 + 6 * layers + (optimizer == "adam"))
+
+
+def test_tf32_on_a_gpu_without_it_keeps_the_default(simulated):
+    """Below compute capability 8.0 CuPy's ``set_compute_type`` warns and keeps
+    COMPUTE_TYPE_DEFAULT for TF32 (cupy/_core/_routines_linalg.pyx): the backend then says it
+    is not on TF32, and the constants are CuPy's own values."""
+    from cupy._core import _routines_linalg as linalg
+
+    assert (linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32) == (1, 7)
+    ops = cupy_ops()
+    ops.set_tf32(True)
+    assert ops.tf32 is True
+    ops.set_tf32(False)
+    simulated.compute_capability = "75"
+    with pytest.warns(UserWarning, match="compute capability 8.0"):
+        ops.set_tf32(True)
+    assert ops.tf32 is False
+    assert simulated_cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_DEFAULT
+    with pytest.raises(ValueError, match="Unknown compute type"):
+        simulated_cupy._core.set_compute_type(numpy.float32, 42)

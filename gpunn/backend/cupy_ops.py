@@ -158,12 +158,15 @@ class CupyOps(Ops):
         return self.stream_scope()
 
     def set_tf32(self, enabled: bool) -> None:
-        """TensorFloat-32 float32 matrix products on (True) or off (False), process-wide."""
+        """TensorFloat-32 float32 matrix products on (True) or off (False), process-wide.
+
+        A GPU below compute capability 8.0 has no TF32: CuPy then warns and keeps the default,
+        and :attr:`tf32` says False."""
         from cupy._core import _routines_linalg as linalg
 
         mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
         cupy._core.set_compute_type(numpy.float32, mode)
-        self.tf32 = bool(enabled)
+        self.tf32 = cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
 
     @contextlib.contextmanager
     def tf32_scope(self, enabled: bool = True) -> Iterator[None]:
