@@ -96,7 +96,11 @@ state = State()
 
 # ---------------------------------------------------------------------------- errors
 class CUDARuntimeError(RuntimeError):
-    """What CUDA returns for an operation that a capturing stream does not permit."""
+    """An error the CUDA runtime returns, with its ``status`` code where one is given."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DeviceSynchronized(RuntimeError):

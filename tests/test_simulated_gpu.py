@@ -26,19 +26,40 @@ def test_a_network_too_large_for_the_gpu_says_so(simulated):
         gpunn.Network([1000, 500, 2], backend=cupy_ops())
 
 
-def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch):
-    """Wherever in training the GPU runs out of memory, the error names the batch size."""
+class CUBLASError(RuntimeError):
+    """As cuBLAS's error class in CuPy: the status code in ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__({3: "CUBLAS_STATUS_ALLOC_FAILED"}.get(status, "CUBLAS_STATUS_?"))
+        self.status = status
+
+
+def _out_of_memory_errors():
     import simulated_cupy as cp
 
+    return {
+        "pool": lambda: cp.OutOfMemoryError(1 << 30, 1 << 34),
+        "runtime": lambda: cp.cuda.runtime.CUDARuntimeError(
+            "cudaErrorMemoryAllocation: out of memory", status=2),
+        "cublas": lambda: CUBLASError(3),
+    }
+
+
+@pytest.mark.parametrize("source", ["pool", "runtime", "cublas"])
+def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monkeypatch,
+                                                                 source):
+    """Wherever in training the GPU runs out of memory, and whoever reports it (CuPy's pool,
+    the CUDA runtime or cuBLAS allocating outside the pool), the error names the batch size."""
     from gpunn.backend.cupy_ops import CupyOps
 
+    error = _out_of_memory_errors()[source]
     calls = []
     forward = CupyOps.layer_forward
 
     def failing_forward(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:  # the second step, still eager
-            raise cp.OutOfMemoryError(1 << 30, 1 << 34)
+            raise error()
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(CupyOps, "layer_forward", failing_forward)
@@ -46,6 +67,20 @@ def test_out_of_memory_in_the_middle_of_training_names_the_batch(simulated, monk
     net = gpunn.Network([12, 8, 3], backend=cupy_ops())
     with pytest.raises(DeviceMemoryError, match="while training for a batch of 8 rows"):
         net.fit(X, y, epochs=3, batch_size=8, progress=False)
+
+
+@pytest.mark.parametrize("error", [
+    lambda cp: cp.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress", status=700),
+    lambda cp: CUBLASError(13),  # CUBLAS_STATUS_EXECUTION_FAILED
+    lambda cp: ValueError("not about memory"),
+], ids=["runtime", "cublas", "other"])
+def test_other_device_errors_pass_through_the_memory_guard(simulated, error):
+    import simulated_cupy as cp
+
+    raised = error(cp)
+    with pytest.raises(type(raised)) as caught, cupy_ops().memory_guard("training", 8, 1024):
+        raise raised
+    assert caught.value is raised
 
 
 
