@@ -69,6 +69,7 @@ class State:
     def __init__(self) -> None:
         self.stack: list[Stream] = []  # streams made current with ``with stream:``
         self.capturing: Stream | None = None
+        self.capture_invalidated = False  # an operation the capture does not permit ran
         self.allocators: list[Callable[[int], Any]] = []
         self.allow_sync = True
         self.device_to_host = 0  # explicit reads: .get(), .item(), float(), ...
@@ -116,6 +117,7 @@ class OutOfMemoryError(MemoryError):
 
 def _forbid_sync(what: str) -> None:
     if state.capturing is not None:
+        state.capture_invalidated = True  # as CUDA does: the capture can only be ended now
         raise CUDARuntimeError(
             f"cudaErrorStreamCaptureUnsupported: {what} is not permitted while a stream is "
             "capturing"
@@ -831,11 +833,15 @@ class Stream:
         if state.capturing is not None:
             raise CUDARuntimeError("cudaErrorIllegalState: a stream is already capturing")
         state.capturing, self.recording, self.touched = self, [], ([], [])
+        state.capture_invalidated = False
 
     def end_capture(self) -> Graph:
         if state.capturing is not self:
             raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: not capturing")
         state.capturing = None
+        if state.capture_invalidated:
+            raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: an operation the "
+                                   "capture does not permit ran during it")
         return Graph(self.recording, *self.touched)
 
 

@@ -5,6 +5,7 @@ compiled for the CPU, and device memory running out where the test decides."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy
@@ -135,10 +136,17 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
         ops.sgd_update(params, grads, 0.1)
         float(params.sum())
 
-    with pytest.warns(RuntimeWarning, match="could not be recorded"):
+    # the warning gives the step's own error, not the "capture invalidated" that follows it
+    with pytest.warns(RuntimeWarning, match=r"could not be recorded as a CUDA graph "
+                      r"\(CUDARuntimeError: cudaErrorStreamCaptureUnsupported: .* not permitted"):
         for _ in range(ops.warmup + 1):
             ops.run_step("reads", step_that_reads_the_loss)
     assert ops.recorded_steps == 0
+    with ops.stream, pytest.raises(cp.CUDARuntimeError, match="CaptureInvalidated"):  # as CUDA
+        ops.stream.begin_capture()
+        with contextlib.suppress(cp.CUDARuntimeError):
+            float(params.sum())
+        ops.stream.end_capture()
 
     params.fill(0)
     lr = [1.0]

@@ -318,8 +318,13 @@ class CupyOps(Ops):
                 stream.begin_capture()
                 try:
                     step()
-                finally:
-                    graph = stream.end_capture()
+                except Exception:
+                    # the step's own error says why; ending the capture it broke would only
+                    # add "capture invalidated"
+                    with contextlib.suppress(Exception):
+                        stream.end_capture()
+                    raise
+                graph = stream.end_capture()
         except Exception as exc:  # a step that cannot be recorded runs eagerly from now on
             self._eager_only.add(key)
             self._steps.pop(key, None)
