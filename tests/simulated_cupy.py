@@ -589,8 +589,14 @@ _TYPE_NAMES = {
 
 
 def _is_placeholder(type_name: str) -> bool:
-    """``T`` and other names that are not a type: bound to a dtype by the call's arguments."""
-    return type_name not in _TYPE_NAMES
+    """``T`` and other single letters: a type bound to a dtype by the call's arrays. Any
+    other word must name a type, as in CuPy."""
+    if type_name in _TYPE_NAMES:
+        return False
+    if len(type_name) == 1 and type_name.isalpha():
+        return True
+    raise TypeError(f"unknown parameter type {type_name!r}: a dtype name, or one letter for "
+                    "a type the arrays decide")
 
 
 def _check_arguments(
@@ -601,6 +607,7 @@ def _check_arguments(
     if len(args) != len(params):
         raise TypeError(f"{kernel}: {len(args)} arguments given, {len(params)} parameters")
     bound: dict[str, numpy.dtype] = {}
+    by_arrays: set[str] = set()  # CuPy decides a placeholder's type from arrays alone
     shapes = []
     for (raw, type_name, name), arg in zip(params, args, strict=True):
         if isinstance(arg, numpy.ndarray):
@@ -609,7 +616,9 @@ def _check_arguments(
             dtype = arg.dtype
             if not raw:
                 shapes.append(arg.shape)
-            if not _is_placeholder(type_name) and dtype != numpy.dtype(type_name):
+            if _is_placeholder(type_name):
+                by_arrays.add(type_name)
+            elif dtype != numpy.dtype(type_name):
                 raise TypeError(f"{kernel}: type is mismatched: {name!r} is {dtype}, not "
                                 f"{type_name}")
         elif isinstance(arg, numpy.generic):
@@ -631,6 +640,9 @@ def _check_arguments(
                 )
         elif not numpy.can_cast(dtype, type_name, "same_kind"):
             raise TypeError(f"{kernel}: argument {name!r} is {dtype}, not {type_name}")
+    if set(bound) - by_arrays:
+        raise TypeError(f"{kernel}: the type of {sorted(set(bound) - by_arrays)} is decided by "
+                        "array arguments only, and none of them has it")
     return shapes
 
 
@@ -709,8 +721,10 @@ class ReductionKernel:
 
 
 class RawModule:
-    def __init__(self, code: str = "", options: tuple = (),
+    def __init__(self, *, code: str = "", options: tuple = (),
                  name_expressions: tuple = (), **kwargs: Any) -> None:
+        if not isinstance(options, tuple):
+            raise TypeError(f"options must be a tuple, got {type(options).__name__}")
         self.name_expressions = tuple(name_expressions)
 
     def get_function(self, expression: str) -> _RowKernel:
@@ -732,6 +746,8 @@ class _RowKernel:
         self.reference = ROW_REFERENCES[self.name]
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        if not all(isinstance(v, tuple) for v in (grid, block, args)):
+            raise TypeError(f"{self.name}: grid, block and args must be tuples")
         z, other, out, rows, cols, lowest = args
         arrays = (z, other, out)
         if not all(isinstance(a, ndarray) and a.dtype == self.dtype for a in arrays):

@@ -131,6 +131,18 @@ def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
         K.SGD_UPDATE.build()(grads, numpy.float32(0.1), numpy.float32(0), params[:4])
     with pytest.raises(TypeError, match="mismatched"):  # an int32 cursor for an int64 one
         K.ADVANCE_CURSOR.build()(numpy.int64(3), numpy.int64(10), cp.zeros((), numpy.int32))
+    with pytest.raises(TypeError, match="decided by array arguments only"):
+        cp._check_arguments("k", [(False, "T", "lr")], (numpy.float32(0.1),))
+    with pytest.raises(TypeError, match="unknown parameter type 'real'"):
+        cp._check_arguments("k", [(False, "real", "x")], (params,))
+    with pytest.raises(TypeError, match="options must be a tuple"):
+        cp.RawModule(code="", options=["--std=c++14"])
+    expression = K.row_kernel_expression("gpunn_bias_softmax", numpy.float32)
+    z = cp.zeros((2, 4), dtype=numpy.float32)
+    softmax_args = (z, cp.zeros(4, dtype=numpy.float32), z, numpy.int64(2), numpy.int64(4),
+                    numpy.float32(-1e30))
+    with pytest.raises(TypeError, match="must be tuples"):
+        K.row_module().get_function(expression)([2], (32,), softmax_args, shared_mem=128)
 
     def step_that_reads_the_loss():
         ops.sgd_update(params, grads, 0.1)
