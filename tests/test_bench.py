@@ -58,7 +58,10 @@ def test_plan_cells() -> None:
     assert {c.batch for c in cpu if c.family == "seed"} == {10, 16, 64, 256, 1024}
     assert {c.batch for c in cpu if c.family == "mlp"} == {16, 32, 64, 128, 256, 1024}
     gpu = runner.plan_cells(get_configs("mlp"), "cupy")
-    assert [c.batch for c in gpu] == sorted({2**k for k in range(14)} | {32, 128, 1024, 8192})
+    # the configurations first, so that a time budget skips the sweep before them
+    own = [32, 128, 1024, 8192]
+    assert [c.batch for c in gpu] == own + sorted({2**k for k in range(14)} - set(own))
+    assert [c.name for c in gpu[:4]] == ["mlp-b32", "mlp-b128", "mlp-b1024", "mlp-b8192"]
     assert runner.plan_cells(get_configs("mlp-b8192"), "numpy") == []
     assert [c.batch for c in runner.plan_cells(get_configs("seed"), "numpy", [3])] == [3]
     assert runner.parse_int_list("1-8, 3") == [1, 2, 3, 4, 8]

@@ -70,6 +70,8 @@ def plan_cells(configs: Sequence[BenchConfig], backend: str,
     Explicit ``batch_sizes`` are used as given; otherwise the default sweep for the device
     plus each selected configuration's own batch. GPU-only configurations are left out on
     NumPy (a model whose only selected configurations are GPU-only is left out entirely).
+    The selected configurations come first, in their order, then the rest of the sweep: a
+    time budget that runs out skips sweep cells before the configurations themselves.
     """
     gpu = backend == "cupy"
     families: dict[tuple, list[BenchConfig]] = {}
@@ -86,7 +88,8 @@ def plan_cells(configs: Sequence[BenchConfig], backend: str,
                 CPU_SWEEP_QUICK if quick else CPU_SWEEP)
             batches = set(sweep) | {c.batch for c in members}
         cells.extend(members[0].with_batch(b) for b in sorted(batches))
-    return cells
+    own = [c for c in configs if c in cells]
+    return own + [c for c in cells if c not in own]
 
 
 def _row(cfg: BenchConfig, backend: str, contender: str, m: Measurement | None,
