@@ -2,10 +2,11 @@
 # One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
 #   scripts/gpu_check.sh OUTDIR
 # run from anywhere; works from the repository root with PYTHONPATH=. Writes into OUTDIR:
-#   summary.txt (nvidia-smi, each part's status, the speed goals met or missed), info.txt,
-#   tests-gpu.log, bench-<gpu>-<date>.{json,png,log}, benchmarks-smoke.log, tests-all.log:
-#   8 files at most, so that a remote runner that returns a limited number of files gets them
-#   all. The parts run in that order, the most needed first.
+#   summary.txt (nvidia-smi, each part's status, the README's benchmark tables, the speed
+#   goals met or missed), info.txt, tests-gpu.log, bench-<gpu>-<date>.{json,png,log},
+#   benchmarks-smoke.log, tests-all.log: 8 files at most, so that a remote runner that
+#   returns a limited number of files gets them all. The parts run in that order, the most
+#   needed first.
 # Each part is time-boxed so the whole script stays under 9 minutes. torch and mlxtend are
 # optional: their tests and peers are skipped with a reason where missing.
 set -u -o pipefail
@@ -96,8 +97,10 @@ else
     note "tests-all not run: ${LEFT3}s left of the 9 minutes"
 fi
 
-# 5. the speed goals, read off the bench's JSON, into summary.txt
+# 5. the README's tables and the speed goals, read off the bench's JSON, into summary.txt
 if [ -s "$BASE.json" ]; then
+    timeout 30 "$PY" -c 'import sys; from gpunn.bench import format_markdown, read_json
+print(format_markdown(read_json(sys.argv[1])))' "$BASE.json" 2>&1 | tee -a "$SUMMARY"
     timeout 30 "$PY" scripts/gpu_targets.py "$BASE.json" 2>&1 | tee -a "$SUMMARY"
 fi
 

@@ -259,6 +259,51 @@ def test_table_json_plot(tmp_path) -> None:
         report.plot({"rows": []}, tmp_path / "empty.png")
 
 
+def _fake_gpu_and_cpu_results() -> dict:
+    results = _fake_results()
+    results["configs"] = [{"name": "seed"}, {"name": "mlp-b32"}, {"name": "mlp-b128"}]
+    for contender, sps in (("gpunn", 900_000.0), ("torch-eager", 300_000.0),
+                           ("torch-cuda-graph", 600_000.0)):
+        results["rows"].append({**results["rows"][0], "backend": "cupy", "device": "gpu",
+                                "contender": contender, "samples_per_s": sps,
+                                "gflops": sps * 1.2e-3})
+    results["gemm"]["cupy"] = {"n": 64, "gflops": 50_000.0, "gflops_min": 49_000.0,
+                               "gflops_max": 51_000.0}
+    runner._finish_rows(results["rows"], results["gemm"])
+    return results
+
+
+def test_markdown_tables_hold_the_configurations_per_backend(tmp_path) -> None:
+    results = _fake_gpu_and_cpu_results()
+    text = report.format_markdown(results)
+    gpu, cpu = text.split("\n\n")
+    assert gpu.splitlines() == [
+        "| config (GPU) | gpunn | torch-eager | torch-cuda-graph | gpunn / torch-eager "
+        "| GFLOP/s | % of GEMM |",
+        "|---|---|---|---|---|---|---|",
+        "| mlp-b32 | 900k/s | 300k/s | 600k/s | 3.00 | 1080.0 | 2.2 |"]
+    assert cpu.splitlines()[2:] == [  # seed has no gpunn row: it is left out
+        "| mlp-b32 | 50k/s | 40k/s | 3k/s | 1.25 | 60.0 | 20.0 |",
+        "| mlp-b128 | 100k/s | 110k/s | - | 0.91 | 120.0 | 40.0 |"]
+    path = report.write_markdown(results, tmp_path / "r.md")
+    assert path.read_text() == text + "\n"
+    assert report.format_markdown({"rows": [], "configs": []}) == ""
+
+
+def test_bench_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys) -> None:
+    from gpunn import bench
+
+    monkeypatch.setattr(bench, "run_bench", lambda **kwargs: _fake_gpu_and_cpu_results())
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--json", str(tmp_path / "r.json"),
+                              "--markdown", str(tmp_path / "r.md")])
+    assert bench.main(args) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["configs"][1]["name"] == "mlp-b32"
+    assert "| mlp-b32 | 900k/s |" in (tmp_path / "r.md").read_text()
+    assert "Markdown written to" in capsys.readouterr().out
+
+
 def test_write_json_is_atomic_on_failure(tmp_path) -> None:
     target = tmp_path / "r.json"
     target.write_text('{"old": true}')

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .configs import CONFIGS, BenchConfig, flops_per_sample, get_configs
-from .report import format_table, plot, read_json, write_json
+from .report import format_markdown, format_table, plot, read_json, write_json, write_markdown
 from .runner import parse_int_list, run_bench
 from .sysinfo import format_machine_info, machine_info
 
@@ -20,6 +20,7 @@ __all__ = [
     "add_arguments",
     "flops_per_sample",
     "format_machine_info",
+    "format_markdown",
     "format_table",
     "get_configs",
     "machine_info",
@@ -28,6 +29,7 @@ __all__ = [
     "read_json",
     "run_bench",
     "write_json",
+    "write_markdown",
 ]
 
 
@@ -52,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the results and machine information as JSON")
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PATH",
                         help="write a log-log plot of samples/s against batch size (PNG)")
+    parser.add_argument("--markdown", dest="markdown_path", default=None, metavar="PATH",
+                        help="write the configurations' rows as Markdown tables (one per "
+                             "backend, as in the README)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="skip the measurements left after this many seconds")
@@ -93,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
     status = 0
     if json_path:
         print(f"results written to {write_json(results, json_path)}")
+    if getattr(args, "markdown_path", None):
+        print(f"Markdown written to {write_markdown(results, args.markdown_path)}")
     if getattr(args, "plot_path", None):
         try:
             print(f"plot written to {plot(results, args.plot_path)}")

@@ -27,6 +27,11 @@ def _si(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def _rate(x: float | None) -> str:
+    """Samples per second: '51.2k/s', or '-' where not measured."""
+    return "-" if x is None else f"{_si(x)}/s"
+
+
 def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -74,6 +79,35 @@ def format_table(results: dict | list) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: dict) -> str:
+    """A Markdown table per backend of the selected configurations at their own batch size
+    (DESIGN.md section 5): gpunn's samples/s and each peer's, gpunn / PyTorch eager, GFLOP/s
+    and % of the GEMM rate timed in turn with them: the README's benchmark tables."""
+    rows = [r for r in _rows(results) if r.get("status") == "ok"]
+    names = [c["name"] for c in results.get("configs", [])]
+    tables: list[str] = []
+    for backend, device in (("cupy", "GPU"), ("numpy", "CPU")):
+        cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
+        peers = [p for p in ("torch-eager", "torch-cuda-graph", "per-sample")
+                 if any(contender == p for _, contender in cells)]
+        lines = [f"| config ({device}) | gpunn | " + " | ".join(peers)
+                 + (" | gpunn / torch-eager" if "torch-eager" in peers else "")
+                 + " | GFLOP/s | % of GEMM |",
+                 "|---" * (4 + len(peers) + ("torch-eager" in peers)) + "|"]
+        for name in names:
+            own = cells.get((name, "gpunn"))
+            if own is None:
+                continue
+            peer_rates = [_rate((cells.get((name, p)) or {}).get("samples_per_s")) for p in peers]
+            ratio = [_num(own.get("ratio_to_torch"), ".2f")] if "torch-eager" in peers else []
+            lines.append("| " + " | ".join([name, _rate(own["samples_per_s"]), *peer_rates,
+                                            *ratio, _num(own.get("gflops"), ".1f"),
+                                            _num(own.get("pct_gemm"), ".1f")]) + " |")
+        if len(lines) > 2:
+            tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def _default(o: Any) -> Any:
     """JSON for NumPy scalars and arrays, paths, tuples."""
     if hasattr(o, "tolist"):
@@ -96,6 +130,12 @@ def _write_atomically(path: str | os.PathLike[str], write: Any) -> Path:
 def write_json(results: dict | list, path: str | os.PathLike[str]) -> Path:
     """Write ``results`` as JSON, atomically (temporary file, then rename)."""
     text = json.dumps(results, indent=1, default=_default, allow_nan=True) + "\n"
+    return _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_markdown(results: dict, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`format_markdown` of ``results`` to ``path``, atomically."""
+    text = format_markdown(results) + "\n"
     return _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
