@@ -75,6 +75,19 @@ def ceiling_ratios(results: dict) -> str:
     return ", ".join(parts)
 
 
+def amp_speedups(results: dict) -> str:
+    """PyTorch's mixed precision (float16) against its float32 eager step, per configuration
+    on the GPU, e.g. "mlp-b8192 1.3x, wide-b8192 2.1x": what float16 storage buys end to end
+    in a mature framework."""
+    parts = []
+    for name in [c["name"] for c in results.get("configs", [])]:
+        rows = [r for r in results.get("rows", []) if r.get("backend") == "cupy"
+                and r.get("config") == name and r.get("contender") == "torch-amp"
+                and r.get("status") == "ok" and r.get("ratio_to_torch")]
+        parts += [f"{name} {r['ratio_to_torch']:.2f}x" for r in rows]
+    return ", ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a JSON file written by gpunn bench --json")
@@ -96,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceilings = ceiling_ratios(results)
     if ceilings:
         print("  GEMM ceilings on the GPU, relative to float32: " + ceilings)
+    speedups = amp_speedups(results)
+    if speedups:
+        print("  PyTorch float16 mixed precision / its float32 eager step: " + speedups)
     if any(value is None for _, value, _ in verdicts):
         return 2
     return 0 if all(verdict == "met" for _, _, verdict in verdicts) else 1

@@ -400,6 +400,31 @@ def test_torch_peer_does_the_same_math(cfg) -> None:
     assert not np.allclose(start[0][0], net.get_params()[0][0])  # it did train
 
 
+def test_mixed_precision_peer_follows_pytorchs_recipe() -> None:
+    """The AMP step (autocast, GradScaler, torch.optim.SGD), run here on the CPU in bfloat16:
+    it trains the same network as gpunn's float32 step, to bfloat16's precision. The bench
+    runs it on the GPU only, in float16."""
+    torch = pytest.importorskip("torch")
+    from gpunn.bench import contenders as C
+
+    cfg = TINY
+    data = C.SyntheticData(cfg.layers[0], cfg.layers[-1], 64, seed=0)
+    net = C.make_network(cfg, "numpy")
+    start = net.get_params()
+    C.make_gpunn(cfg, "numpy", 8, data, net=net).run(4)
+    model, loss_fn = C.torch_model(torch, cfg, start, "cpu")
+    step = C.amp_step(torch, model, loss_fn, cfg.lr, "cpu", torch.bfloat16)
+    X, y = torch.from_numpy(data.X), torch.from_numpy(data.labels)
+    for i in range(4):
+        step(X[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8])
+    lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for (W, _), (W0, _), lin in zip(net.get_params(), start, lins, strict=True):
+        moved = lin.weight.detach().numpy() - W0
+        np.testing.assert_allclose(moved, W - W0, atol=0.05 * np.abs(W - W0).max())
+    with pytest.raises(C.Skip, match="GPU only"):
+        C.make_torch_amp(cfg, "numpy", 8, data, start)
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_torch_tf32_sets_pytorchs_cuda_precision_and_puts_it_back(enabled) -> None:
     torch = pytest.importorskip("torch")
@@ -432,12 +457,13 @@ def test_peers_get_gpunns_precision_under_tf32(simulated, monkeypatch) -> None:
 
     monkeypatch.setattr(C, "make_torch_eager", peer("torch-eager"))
     monkeypatch.setattr(C, "make_torch_cuda_graph", peer("torch-cuda-graph"))
+    monkeypatch.setattr(C, "make_torch_amp", peer("torch-amp"))
     monkeypatch.setattr(C, "torch_gemm", peer("torch-gemm"))
     options = {"configs": [TINY], "backends": ["cupy"], "batch_sizes": [8], "quick": True,
                "gemm_n": 32, "log": None}
     with get_backend("cupy").tf32_scope(True):
         on = runner.run_bench(**options)
     off = runner.run_bench(**options)
-    names = ["torch-gemm", "torch-eager", "torch-cuda-graph"]
+    names = ["torch-gemm", "torch-eager", "torch-cuda-graph", "torch-amp"]
     assert asked == [(n, True) for n in names] + [(n, False) for n in names]
     assert on["settings"]["tf32"] is True and off["settings"]["tf32"] is False

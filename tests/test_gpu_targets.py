@@ -29,8 +29,11 @@ def results(ratios: dict, pct_gemm: float | None = 90.0, **wide) -> dict:
     gemm = {"cupy": {"dtype": "float32", "gflops": 50e3},
             "cupy-tf32": {"dtype": "float32-tf32", "gflops": 300e3},
             "cupy-float16": {"dtype": "float16", "gflops": 600e3}}
+    rows.append({"backend": "cupy", "contender": "torch-amp", "config": "wide-b8192",
+                 "status": "ok", "ratio_to_torch": 2.5, "pct_gemm": 1.0})
+    configs = [{"name": name} for name in [*ratios, "wide-b8192"]]
     return {"machine": {"gpu": {"name": "NVIDIA H200"}}, "settings": {"tf32": False},
-            "gemm": gemm, "rows": rows}
+            "gemm": gemm, "rows": rows, "configs": configs}
 
 
 MET = {"mlp-b32": 3.2, "mlp-b128": 1.5, "mlp-b1024": 1.1, "mlp-b8192": 1.0}
@@ -49,6 +52,7 @@ def test_every_goal_met(tmp_path, capsys):
     assert "NVIDIA H200" in out and out.count(" met") == 5
     assert "3.20" in out and "90.00" in out
     assert "relative to float32: TF32 6.0x, float16 12.0x" in out
+    assert "float16 mixed precision / its float32 eager step: wide-b8192 2.50x" in out
 
 
 def test_no_ceiling_ratios_without_a_plain_float32_rate():

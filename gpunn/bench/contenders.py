@@ -1,5 +1,5 @@
-"""The contenders: gpunn on each backend, PyTorch (eager, CUDA graphs), the per-sample loop,
-and the float32 GEMM ceiling.
+"""The contenders: gpunn on each backend, PyTorch (eager, CUDA graphs, mixed precision), the
+per-sample loop, and the float32 GEMM ceiling.
 
 Each ``make_*`` function takes a configuration, a batch size and the shared synthetic data and
 returns a :class:`Contender` whose ``run(steps)`` performs exactly ``steps`` full SGD steps
@@ -357,6 +357,48 @@ def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: Synt
     info["graph"] = True
     return Contender("torch-cuda-graph", backend, batch, run, _torch_timer(torch, device), info,
                      model)
+
+
+def amp_step(torch: Any, model: Any, loss_fn: Any, lr: float, device_type: str,
+             dtype: Any) -> Callable[[Any, Any], None]:
+    """One step of PyTorch's mixed-precision recipe: the forward and backward passes under
+    ``torch.autocast`` (``dtype`` products, float32 weights), the loss scaled by a dynamic
+    ``GradScaler``, and ``torch.optim.SGD`` updating the float32 weights."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, foreach=True)
+    scaler = torch.amp.GradScaler(device_type)
+
+    def step(xb: Any, yb: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=dtype):
+            loss = loss_fn(model(xb), yb)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def make_torch_amp(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
+                   params: list, tf32: bool = False) -> Contender:
+    """PyTorch eager with automatic mixed precision (float16 products, float32 weights, loss
+    scaling): the speed that float16 storage reaches in PyTorch, against which to judge
+    whether it would pay in gpunn. On the GPU only (float16 is a GPU format)."""
+    if backend != "cupy":
+        raise Skip("float16 mixed precision is measured on the GPU only")
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
+    step = amp_step(torch, model, loss_fn, cfg.lr, "cuda", torch.float16)
+    n = len(data)
+
+    def run(steps: int) -> None:
+        spp, passes = _split(steps, batch, n)
+        with torch_tf32(tf32):
+            for _ in range(passes):
+                for i in range(spp):
+                    step(X[i * batch:(i + 1) * batch], Y[i * batch:(i + 1) * batch])
+
+    info.update(update="torch.optim.SGD(foreach=True) with torch.amp.GradScaler",
+                autocast="float16")
+    return Contender("torch-amp", backend, batch, run, _torch_timer(torch, device), info, model)
 
 
 # --------------------------------------------------------------------------- per-sample loop

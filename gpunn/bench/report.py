@@ -10,7 +10,8 @@ from typing import Any
 
 from ..io import atomic_write
 
-_ORDER = {"gpunn": 0, "torch-eager": 1, "torch-cuda-graph": 2, "per-sample": 3}
+_ORDER = {"gpunn": 0, "torch-eager": 1, "torch-cuda-graph": 2, "torch-amp": 3,
+          "per-sample": 4}
 
 
 def _rows(results: dict | list) -> list[dict]:
@@ -88,7 +89,7 @@ def format_markdown(results: dict) -> str:
     tables: list[str] = []
     for backend, device in (("cupy", "GPU"), ("numpy", "CPU")):
         cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
-        peers = [p for p in ("torch-eager", "torch-cuda-graph", "per-sample")
+        peers = [p for p in ("torch-eager", "torch-cuda-graph", "torch-amp", "per-sample")
                  if any(contender == p for _, contender in cells)]
         lines = [f"| config ({device}) | gpunn | " + " | ".join(peers)
                  + (" | gpunn / torch-eager" if "torch-eager" in peers else "")
@@ -163,7 +164,8 @@ def plot(results: dict | list, path: str | os.PathLike[str]) -> Path:
                       key=lambda f: ("seed", "mlp", "wide").index(f)
                       if f in ("seed", "mlp", "wide") else 9)
     fig, axes = plt.subplots(1, len(families), figsize=(5.2 * len(families), 4.4), squeeze=False)
-    markers = {"gpunn": "o", "torch-eager": "s", "torch-cuda-graph": "^", "per-sample": "x"}
+    markers = {"gpunn": "o", "torch-eager": "s", "torch-cuda-graph": "^", "torch-amp": "v",
+               "per-sample": "x"}
     for ax, fam in zip(axes[0], families, strict=True):
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for r in rows:

@@ -282,8 +282,9 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                 built.append(g)
             if peers:
                 for name, make in (("torch-eager", C.make_torch_eager),
-                                   ("torch-cuda-graph", C.make_torch_cuda_graph)):
-                    if name == "torch-cuda-graph" and backend != "cupy":
+                                   ("torch-cuda-graph", C.make_torch_cuda_graph),
+                                   ("torch-amp", C.make_torch_amp)):
+                    if name != "torch-eager" and backend != "cupy":
                         continue
                     try:
                         c = _build(name, partial(make, cfg, backend, cfg.batch, data, params,
