@@ -127,6 +127,24 @@ def test_loss_and_gradients_match_numpy(config, device):
         numpy.testing.assert_allclose(db1, db0, rtol=1e-4, atol=1e-6)
 
 
+def test_relu_of_an_overflowing_product_is_zero_on_both_backends(device):
+    """relu(−inf) = 0: an input so large that a hidden unit's product overflows to −inf gives
+    that unit 0 on NumPy as on the GPU (not NaN, as z·[z > 0] would), and the same outputs."""
+    X = numpy.zeros((2, 3), numpy.float32)
+    X[0] = 3e38
+    params = [(numpy.array([[-2.0, 0, 0], [1, 0, 0], [-1, -1, -1]]), numpy.zeros(3)),
+              (numpy.ones((2, 3)), numpy.array([0.0, 1.0]))]
+    outputs = []
+    for backend in ("numpy", cupy_ops()):
+        net = gpunn.Network([3, 3, 2], activation="relu", output="softmax",
+                            loss="cross_entropy", backend=backend)
+        net.set_params(params)
+        with numpy.errstate(over="ignore"):
+            outputs.append(net.predict(X))
+    assert numpy.isfinite(outputs[0]).all()
+    numpy.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("graphs", [False, True])

@@ -52,14 +52,6 @@ class NumpyOps(Ops):
         numpy.add.reduce(delta, axis=0, out=db)
 
     # ------------------------------------------------------------------ activations
-    def activation_forward(self, name: str, Z: Array, out: Array) -> Array:
-        if name != "relu":
-            return super().activation_forward(name, Z, out)
-        # max(z, 0) as z·[z > 0]: a byte mask and a multiply beat numpy.maximum's NaN handling
-        mask = self.scratch(Z.shape, numpy.bool_, "mask")
-        numpy.greater(Z, 0, out=mask)
-        return numpy.multiply(Z, mask, out=out)
-
     def activation_backward(self, name: str, A: Array, delta: Array, scratch: Array) -> Array:
         if name != "relu":
             return super().activation_backward(name, A, delta, scratch)
