@@ -21,7 +21,7 @@ from typing import Any
 import numpy
 
 from . import validation
-from .backend import Array, Ops
+from .backend import Array, Ops, backend_of
 from .errors import InputError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
@@ -115,6 +115,11 @@ class Optimizer:
         that change every step."""
         return None
 
+    def move_state(self, ops: Ops, dtype: Any) -> None:
+        """Put the state on ``ops``' device in ``dtype``, where an optimizer carried over from
+        a network on another backend or in another dtype holds it elsewhere (nothing to move
+        here)."""
+
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         """State to checkpoint, as host arrays (empty before the first step)."""
         return {"steps": numpy.asarray(self.steps, dtype=numpy.int64)} if self.steps else {}
@@ -190,6 +195,11 @@ class _Stateful(Optimizer):
                     f"has {params.shape[0]} parameters: the state belongs to another network"
                 )
         return [self.state[k] for k in self.state_names]
+
+    def move_state(self, ops: Ops, dtype: Any) -> None:
+        for key, buffer in self.state.items():
+            if not ops.is_device_array(buffer) or buffer.dtype != dtype:
+                self.state[key] = ops.asarray(backend_of(buffer).to_host(buffer), dtype=dtype)
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         arrays = super().state_arrays(ops)
@@ -327,6 +337,11 @@ class Adam(_Stateful):
     def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
         super().load_state_arrays(ops, arrays, dtype)
         self._counter = None  # rebuilt from the restored step count
+
+    def move_state(self, ops: Ops, dtype: Any) -> None:
+        super().move_state(ops, dtype)
+        if self._counter is not None and not ops.is_device_array(self._counter):
+            self._counter = None  # rebuilt on this device from the step count
 
     def restore(self, ops: Ops, snapshot: Snapshot) -> None:
         super().restore(ops, snapshot)

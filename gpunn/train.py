@@ -164,6 +164,7 @@ def fit(
     distributed = comm is not None and comm.size > 1
 
     ops = net.backend
+    opt.move_state(ops, net.dtype)  # an optimizer that trained a network elsewhere
     with ops.memory_guard("copying the training data to the device", batch_size, _nbytes(X, Y)):
         Xd = net.device_inputs(X)
         Yd = net.device_targets(Y, Xd.shape[0])
@@ -193,7 +194,9 @@ def fit(
                            Workspace.nbytes(net.sizes, batch_size, net.dtype))
     with oom, ops.training_scope(batch_size), quiet_fp, _progress_bar(epochs, progress) as bar:
         for epoch in range(initial_epoch, initial_epoch + epochs):
-            opt.lr = opt.base_lr * lr_factor(epoch)
+            factor = lr_factor(epoch)  # a user's function may return anything
+            opt.lr = opt.base_lr * validation.check_positive_float(
+                f"the schedule's learning-rate factor for epoch {epoch}", factor, allow_zero=True)
             ops.copy_into(last_good, net.params)
             last_good_state = opt.snapshot(ops, into=last_good_state)
             started = time.perf_counter()

@@ -676,3 +676,26 @@ def test_machine_info_describes_the_gpu(device):
     assert name and name in text
 
 
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_an_optimizer_moves_with_training_from_one_backend_to_the_other(device, optimizer):
+    """An optimizer that trained a NumPy network carries its state to a GPU network and back
+    (in the network's dtype): training goes on as it would have on NumPy."""
+    import copy
+
+    X, y = data(n=40)
+    opt = make_optimizer(optimizer, 0.05)
+    on_cpu = gpunn.Network([12, 10, 3], backend="numpy", seed=1, dtype="float64")
+    on_cpu.fit(X, y, epochs=1, batch_size=8, optimizer=opt, progress=False)
+    twin = copy.deepcopy(opt)
+    on_gpu = gpunn.Network([12, 10, 3], backend=cupy_ops(), seed=1, dtype="float64")
+    on_gpu.set_params(on_cpu.get_params())
+    histories = [[on_cpu.fit(X, y, epochs=2, batch_size=8, optimizer=twin, progress=False)],
+                 [on_gpu.fit(X, y, epochs=2, batch_size=8, optimizer=opt, progress=False)]]
+    assert_same_training(on_cpu, on_gpu, histories)
+    back = gpunn.Network([12, 10, 3], backend="numpy", seed=1, dtype="float32")
+    back.set_params(on_gpu.get_params())
+    back.fit(X, y, epochs=1, batch_size=8, optimizer=opt, progress=False)  # GPU state, to NumPy
+    assert all(isinstance(a, numpy.ndarray) and a.dtype == numpy.float32
+               for a in opt.state.values())

@@ -236,6 +236,19 @@ def test_fit_refuses_bad_options_before_training(net, options, error, fragments)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(before, net.get_params(), strict=False))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf"), "0.1"])
+def test_a_schedule_function_returning_no_usable_factor_is_refused(net, bad):
+    """A user's schedule is called each epoch: what it returns is checked there, so that a
+    NaN or negative learning rate never reaches the weights."""
+    history = []
+    with pytest.raises((InputError, InputTypeError), match="schedule's learning-rate factor "
+                       "for epoch 1"):
+        net.fit(X, y, epochs=3, progress=False, schedule=lambda e: 1.0 if e == 0 else bad,
+                callbacks=[lambda net, record: history.append(record["epoch"])])
+    assert len(history) == 1  # epoch 0 trained, with the factor 1.0
+    assert all(np.isfinite(W).all() for W, _ in net.get_params())
+
+
 def test_fit_accepts_edge_values(net):
     history = net.fit(X, y, batch_size=1000, epochs=1, progress=False)  # batch > n is fine
     assert len(history) == 1
