@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 
@@ -439,6 +440,42 @@ def test_torch_tf32_sets_pytorchs_cuda_precision_and_puts_it_back(enabled) -> No
         else:
             assert matmul.allow_tf32 is enabled
     assert getattr(matmul, name) == before
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_the_eager_peer_and_the_torch_gemm_compute_in_the_precision_asked(monkeypatch, tf32):
+    """Not only asked: every product of the eager peer's steps and of PyTorch's GEMM runs
+    inside ``torch_tf32(tf32)`` (here on the CPU, where the setting changes nothing)."""
+    torch = pytest.importorskip("torch")
+    from gpunn.bench import contenders as C
+
+    precision: list[bool | None] = [None]
+    seen: list[bool | None] = []
+
+    @contextlib.contextmanager
+    def recording(enabled):
+        precision.append(enabled)
+        try:
+            yield
+        finally:
+            precision.pop()
+
+    def recorded(product):
+        def run(*args, **kwargs):
+            seen.append(precision[-1])
+            return product(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(C, "torch_tf32", recording)
+    monkeypatch.setattr(torch.nn.functional, "linear", recorded(torch.nn.functional.linear))
+    monkeypatch.setattr(torch, "matmul", recorded(torch.matmul))
+    data = C.SyntheticData(TINY.layers[0], TINY.layers[-1], 64, seed=0)
+    start = C.make_network(TINY, "numpy").get_params()
+    C.make_torch_eager(TINY, "numpy", 8, data, start, tf32=tf32).run(2)
+    assert seen and set(seen) == {tf32}
+    seen.clear()
+    C.torch_gemm("numpy", 16, repeats=1, tf32=tf32)
+    assert seen and set(seen) == {tf32}
 
 
 def test_peers_get_gpunns_precision_under_tf32(simulated, monkeypatch) -> None:

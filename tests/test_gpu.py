@@ -676,8 +676,6 @@ def test_machine_info_describes_the_gpu(device):
     assert name and name in text
 
 
-
-
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_an_optimizer_moves_with_training_from_one_backend_to_the_other(device, optimizer):
     """An optimizer that trained a NumPy network carries its state to a GPU network and back

@@ -84,7 +84,6 @@ def test_other_device_errors_pass_through_the_memory_guard(simulated, error):
     assert caught.value is raised
 
 
-
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
 @pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
 def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
@@ -108,7 +107,6 @@ def test_training_runs_the_cuda_code_compiled_for_the_cpu(config, optimizer):
             results.append(net)
             histories.append([history])
     assert_same_training(*results, histories, rtol=1e-8)  # C++ and NumPy round apart
-
 
 
 def test_the_simulation_catches_what_a_gpu_would_refuse(simulated):
