@@ -374,6 +374,23 @@ def test_run_bench_tiny(tmp_path, monkeypatch) -> None:
     json.loads(report.write_json(res, tmp_path / "r.json").read_text())
 
 
+def test_a_failing_torch_gemm_is_reported_and_the_bench_goes_on(monkeypatch) -> None:
+    """PyTorch's GEMM raising (a precision setting it refuses, memory) is one entry's error,
+    like the other ceilings', not the end of the run."""
+    from gpunn.bench import contenders as C
+
+    def failing_gemm(*args, **kwargs):
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(C, "torch_gemm", failing_gemm)
+    monkeypatch.setitem(runner.DATA_BYTES, "cpu", 64 * 1024)
+    res = runner.run_bench(configs=[TINY], backends="numpy", batch_sizes=[8], quick=True,
+                           repeats=1, log=None, target_s=0.005, gemm_n=32)
+    assert res["gemm"]["torch-cpu"] == {"error": "RuntimeError: refused"}
+    assert [r["status"] for r in res["rows"] if r["contender"] == "gpunn"] == ["ok"]
+    assert "RuntimeError: refused" in report.format_table(res)
+
+
 def test_run_bench_rejects_bad_backend() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         runner.run_bench(configs=[TINY], backends="tpu", log=None, peers=False)

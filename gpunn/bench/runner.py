@@ -252,6 +252,8 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
                     f"{gemm[f'torch-{device}']['gflops']:.1f} GFLOP/s")
             except C.Skip as exc:
                 skipped[("torch", backend)] = str(exc)
+            except Exception as exc:  # report, keep going: the peers are timed on their own
+                gemm[f"torch-{device}"] = {"error": f"{type(exc).__name__}: {exc}"}
         ceiling = gemm[backend].get("gflops")
         # the same product again, timed in turn with the contenders of every cell, so that
         # "% of the GEMM ceiling" compares two rates measured in the same moments
