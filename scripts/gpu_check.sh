@@ -82,8 +82,11 @@ if [ ! -s "$BASE.json" ]; then
     note "no JSON from the bench; trying once more on the GPU alone"
     LEFT2=$(( 480 - $(elapsed) ))
     if [ "$LEFT2" -gt 30 ]; then
-        run bench-quick "$LEFT2" "$BASE.log" "$PY" -m gpunn bench --backends cupy \
+        # its own log, then added to the first one's: both errors kept, in one file
+        run bench-quick "$LEFT2" "$BASE.retry.log" "$PY" -m gpunn bench --backends cupy \
             --quick --json "$BASE.json" --plot "$BASE.png"
+        { echo "=== the retry on the GPU alone"; cat "$BASE.retry.log"; } >> "$BASE.log"
+        rm -f "$BASE.retry.log"
     fi
 fi
 

@@ -80,29 +80,36 @@ def format_table(results: dict | list) -> str:
     return "\n".join(lines)
 
 
+#: the peers' column headings in the Markdown tables, in their order
+_PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-cuda-graph": "PyTorch CUDA graphs",
+                  "torch-amp": "PyTorch AMP float16", "per-sample": "per-sample loop"}
+
+
 def format_markdown(results: dict) -> str:
     """A Markdown table per backend of the selected configurations at their own batch size
     (DESIGN.md section 5): gpunn's samples/s and each peer's, gpunn / PyTorch eager, GFLOP/s
     and % of the GEMM rate timed in turn with them: the README's benchmark tables."""
     rows = [r for r in _rows(results) if r.get("status") == "ok"]
-    names = [c["name"] for c in results.get("configs", [])]
+    configs = results.get("configs", [])
     tables: list[str] = []
-    for backend, device in (("cupy", "GPU"), ("numpy", "CPU")):
+    for backend, label in (("cupy", "CuPy"), ("numpy", "NumPy")):
         cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
-        peers = [p for p in ("torch-eager", "torch-cuda-graph", "torch-amp", "per-sample")
-                 if any(contender == p for _, contender in cells)]
-        lines = [f"| config ({device}) | gpunn | " + " | ".join(peers)
-                 + (" | gpunn / torch-eager" if "torch-eager" in peers else "")
-                 + " | GFLOP/s | % of GEMM |",
-                 "|---" * (4 + len(peers) + ("torch-eager" in peers)) + "|"]
-        for name in names:
-            own = cells.get((name, "gpunn"))
+        peers = [p for p in _PEER_HEADINGS if any(contender == p for _, contender in cells)]
+        ratio = ["gpunn / PyTorch eager"] if "torch-eager" in peers else []
+        headings = ["config (DESIGN.md)", f"gpunn {label}", *map(_PEER_HEADINGS.get, peers),
+                    *ratio, "GFLOP/s", f"% of {label} GEMM"]
+        lines = ["| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
+        for cfg in configs:
+            own = cells.get((cfg["name"], "gpunn"))
             if own is None:
                 continue
-            peer_rates = [_rate((cells.get((name, p)) or {}).get("samples_per_s")) for p in peers]
-            ratio = [_num(own.get("ratio_to_torch"), ".2f")] if "torch-eager" in peers else []
-            lines.append("| " + " | ".join([name, _rate(own["samples_per_s"]), *peer_rates,
-                                            *ratio, _num(own.get("gflops"), ".1f"),
+            shape = "-".join(map(str, cfg["layers"])) if "layers" in cfg else ""
+            rates = [_rate((cells.get((cfg["name"], p)) or {}).get("samples_per_s"))
+                     for p in peers]
+            ratios = [_num(own.get("ratio_to_torch"), ".2f")] if ratio else []
+            lines.append("| " + " | ".join([f"{cfg['name']} {shape}".strip(),
+                                            _rate(own["samples_per_s"]), *rates, *ratios,
+                                            _num(own.get("gflops"), ".1f"),
                                             _num(own.get("pct_gemm"), ".1f")]) + " |")
         if len(lines) > 2:
             tables.append("\n".join(lines))
