@@ -57,8 +57,11 @@ STAMP="$(date -u +%Y%m%d-%H%M)"
 BASE="$OUT/bench-$SLUG-$STAMP"
 
 for mod in cupy torch mlxtend matplotlib pytest_benchmark hypothesis; do
-    if "$PY" -c "import $mod" > /dev/null 2>&1; then note "python module $mod: present"; \
-    else note "python module $mod: MISSING (its tests/peers are skipped)"; fi
+    if timeout 60 "$PY" -c "import $mod" > /dev/null 2>&1; then
+        note "python module $mod: present"
+    else
+        note "python module $mod: MISSING or not importable in 60 s (its tests/peers are skipped)"
+    fi
 done
 
 # 1. machine information (also proves gpunn imports and sees the GPU)
