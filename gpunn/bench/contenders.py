@@ -295,21 +295,30 @@ def make_torch_eager(cfg: BenchConfig, backend: str, batch: int, data: Synthetic
     float32 products on TF32, as gpunn's under ``--tf32``."""
     torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
     zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
-    n = len(data)
+
+    def step(xb: Any, yb: Any) -> None:
+        zero_grad()
+        loss_fn(model(xb), yb).backward()
+        sgd_step()
+
+    return Contender("torch-eager", backend, batch, _batch_loop(step, X, Y, batch, tf32),
+                     _torch_timer(torch, device), info, model)
+
+
+def _batch_loop(step: Callable[[Any, Any], None], X: Any, Y: Any, batch: int,
+                tf32: bool) -> Callable[[int], None]:
+    """``run(steps)`` of a PyTorch contender: ``step(xb, yb)`` on consecutive batches of the
+    shared data, in passes over it, with PyTorch's CUDA products in the precision asked for."""
+    n = len(X)
 
     def run(steps: int) -> None:
         spp, passes = _split(steps, batch, n)
         with torch_tf32(tf32):
             for _ in range(passes):
                 for i in range(spp):
-                    xb = X[i * batch:(i + 1) * batch]
-                    yb = Y[i * batch:(i + 1) * batch]
-                    zero_grad()
-                    loss_fn(model(xb), yb).backward()
-                    sgd_step()
+                    step(X[i * batch:(i + 1) * batch], Y[i * batch:(i + 1) * batch])
 
-    return Contender("torch-eager", backend, batch, run, _torch_timer(torch, device), info,
-                     model)
+    return run
 
 
 def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
@@ -344,19 +353,15 @@ def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: Synt
         for lin, (W, b) in zip(lins, params, strict=True):
             lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
             lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
-    n = len(data)
 
-    def run(steps: int) -> None:
-        spp, passes = _split(steps, batch, n)
-        for _ in range(passes):
-            for i in range(spp):
-                static_x.copy_(X[i * batch:(i + 1) * batch])
-                static_y.copy_(Y[i * batch:(i + 1) * batch])
-                graph.replay()
+    def step(xb: Any, yb: Any) -> None:
+        static_x.copy_(xb)
+        static_y.copy_(yb)
+        graph.replay()
 
     info["graph"] = True
-    return Contender("torch-cuda-graph", backend, batch, run, _torch_timer(torch, device), info,
-                     model)
+    return Contender("torch-cuda-graph", backend, batch, _batch_loop(step, X, Y, batch, tf32),
+                     _torch_timer(torch, device), info, model)
 
 
 def amp_step(torch: Any, model: Any, loss_fn: Any, lr: float, device_type: str,
@@ -387,18 +392,10 @@ def make_torch_amp(cfg: BenchConfig, backend: str, batch: int, data: SyntheticDa
         raise Skip("float16 mixed precision is measured on the GPU only")
     torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
     step = amp_step(torch, model, loss_fn, cfg.lr, "cuda", torch.float16)
-    n = len(data)
-
-    def run(steps: int) -> None:
-        spp, passes = _split(steps, batch, n)
-        with torch_tf32(tf32):
-            for _ in range(passes):
-                for i in range(spp):
-                    step(X[i * batch:(i + 1) * batch], Y[i * batch:(i + 1) * batch])
-
     info.update(update="torch.optim.SGD(foreach=True) with torch.amp.GradScaler",
                 autocast="float16")
-    return Contender("torch-amp", backend, batch, run, _torch_timer(torch, device), info, model)
+    return Contender("torch-amp", backend, batch, _batch_loop(step, X, Y, batch, tf32),
+                     _torch_timer(torch, device), info, model)
 
 
 # --------------------------------------------------------------------------- per-sample loop
