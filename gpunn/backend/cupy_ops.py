@@ -33,8 +33,9 @@ same tests, marked ``gpu``):
 2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
    transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
    temporaries alive. cuBLAS may allocate its workspace while captured (memory nodes in the
-   graph from CUDA 12.2, a failed capture before): if the capture falls back, or replays are
-   slower than expected, give the handle a fixed workspace (``cublas.setWorkspace``) first;
+   graph from CUDA 12.2, a failed capture before). If the capture falls back, or replays are
+   slower than expected, the handle needs a fixed workspace first: CuPy 14 binds no
+   ``cublasSetWorkspace``, so that would mean calling the cuBLAS library itself;
 3. ``memory_guard`` turns a real out-of-memory error (CuPy's pool, the CUDA runtime's, or
    cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``) into ``DeviceMemoryError``;
 4. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
