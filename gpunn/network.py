@@ -111,6 +111,7 @@ class EpochOrder:
 
     index: Array
     cursor: Array
+    unshuffled: bool = False  # index holds 0, 1, ..., n−1 already: nothing to copy
 
 
 class Network:

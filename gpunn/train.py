@@ -276,7 +276,9 @@ def run_epoch(
     recorded = ops.replays_steps
     if recorded:
         plan = net.epoch_order(n)
-        ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
+        if order is not None or not plan.unshuffled:
+            ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
+            plan.unshuffled = order is None
         plan.cursor[...] = 0
         # a recorded kernel holds each array's address, shape and strides as they were
         buffers = (*map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape,

@@ -256,3 +256,30 @@ def test_tf32_on_a_gpu_without_it_keeps_the_default(simulated):
     assert simulated_cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_DEFAULT
     with pytest.raises(ValueError, match="Unknown compute type"):
         simulated_cupy._core.set_compute_type(numpy.float32, 42)
+
+
+def test_an_unshuffled_epoch_writes_its_order_once(simulated, monkeypatch):
+    """The order 0..n−1 of unshuffled epochs is copied to the device once, not every epoch;
+    a shuffled epoch in between replaces it, and the next unshuffled one puts it back."""
+    from gpunn import train
+
+    X, y = data(n=30)
+    nets = [gpunn.Network([12, 8, 3], backend=b, seed=0, dtype="float64")
+            for b in ("numpy", cupy_ops())]
+    on_gpu = nets[1]
+    Xd, Yd = on_gpu.device_inputs(X), on_gpu.device_targets(y, len(X))
+    copies = []
+    copy_into = on_gpu.backend.copy_into
+    monkeypatch.setattr(on_gpu.backend, "copy_into", lambda out, src: (
+        copies.append(out is on_gpu.epoch_order(len(X)).index), copy_into(out, src))[1])
+    opts = [make_optimizer("momentum", 0.1) for _ in nets]
+    with on_gpu.backend.training_scope(10):
+        for epoch, shuffle in enumerate([False, False, False, True, False, False]):
+            before = sum(copies)
+            for net, opt in zip(nets, opts, strict=True):
+                inputs = (Xd, Yd) if net is on_gpu else (X, net.device_targets(y, len(X)))
+                train.run_epoch(net, *inputs, opt, 10, shuffle, 0, epoch)
+            assert sum(copies) - before == (epoch in (0, 3, 4)), epoch
+    for (W0, b0), (W1, b1) in zip(nets[0].get_params(), on_gpu.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-9)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-9)
