@@ -197,9 +197,10 @@ class _Stateful(Optimizer):
         return [self.state[k] for k in self.state_names]
 
     def move_state(self, ops: Ops, dtype: Any) -> None:
-        for key, buffer in self.state.items():
-            if not ops.is_device_array(buffer) or buffer.dtype != dtype:
-                self.state[key] = ops.asarray(backend_of(buffer).to_host(buffer), dtype=dtype)
+        """As a checkpoint would: saved from the backend that holds the state, loaded here."""
+        held = next(iter(self.state.values()), None)
+        if held is not None and (not ops.is_device_array(held) or held.dtype != dtype):
+            self.load_state_arrays(ops, self.state_arrays(backend_of(held)), dtype)
 
     def state_arrays(self, ops: Ops) -> dict[str, Any]:
         arrays = super().state_arrays(ops)
@@ -337,11 +338,6 @@ class Adam(_Stateful):
     def load_state_arrays(self, ops: Ops, arrays: Mapping[str, Any], dtype: Any) -> None:
         super().load_state_arrays(ops, arrays, dtype)
         self._counter = None  # rebuilt from the restored step count
-
-    def move_state(self, ops: Ops, dtype: Any) -> None:
-        super().move_state(ops, dtype)
-        if self._counter is not None and not ops.is_device_array(self._counter):
-            self._counter = None  # rebuilt on this device from the step count
 
     def restore(self, ops: Ops, snapshot: Snapshot) -> None:
         super().restore(ops, snapshot)
