@@ -65,6 +65,16 @@ TF32_ENV = "GPUNN_TF32"
 MAX_GRAPHS = 64  # recorded steps kept (least recently used dropped first)
 
 
+def tf32_in_use() -> bool:
+    """Whether CuPy's float32 matrix products run on TF32 now (whatever set it: this backend,
+    ``CUPY_TF32``, the user); False without CuPy."""
+    if cupy is None:
+        return False
+    from cupy._core import _routines_linalg as linalg
+
+    return cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
+
+
 def _env_flag(name: str, default: bool) -> bool:
     value = os.environ.get(name, "").strip().lower()
     if not value:
@@ -182,7 +192,7 @@ class CupyOps(Ops):
 
         mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
         cupy._core.set_compute_type(numpy.float32, mode)
-        self.tf32 = cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
+        self.tf32 = tf32_in_use()
 
     @contextlib.contextmanager
     def tf32_scope(self, enabled: bool = True) -> Iterator[None]:

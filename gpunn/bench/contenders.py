@@ -461,26 +461,15 @@ def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0,
     """The GEMM rate of a gpunn backend: float32 by default; ``tf32`` measures float32 on
     the GPU's tensor cores (``--tf32``), ``dtype="float16"`` half-precision storage."""
     from gpunn.backend import get_backend
+    from gpunn.backend.cupy_ops import tf32_in_use
 
     be = get_backend(backend_name)
     with be.tf32_scope(True) if tf32 else contextlib.nullcontext():
         matmul, timer = backend_matmul(backend_name, n, seed, dtype)
-        on_tf32 = dtype == "float32" and backend_name == "cupy" and cupy_tf32()
+        on_tf32 = dtype == "float32" and backend_name == "cupy" and tf32_in_use()
         out = gemm_gflops(matmul, n, timer, repeats, dtype=dtype + ("-tf32" if on_tf32 else ""))
     out["library"] = backend_name
     return out
-
-
-def cupy_tf32() -> bool:
-    """Whether CuPy's float32 matrix products run on TF32 now (``--tf32``, ``CUPY_TF32``)."""
-    from .sysinfo import get_cupy
-
-    cp = get_cupy()
-    if cp is None:
-        return False
-    from cupy._core import _routines_linalg as linalg
-
-    return cp._core.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
 
 
 def torch_gemm(backend: str, n: int, repeats: int = 5, tf32: bool = False) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+from ..backend.cupy_ops import tf32_in_use
 from . import contenders as C
 from .configs import BenchConfig, get_configs
 from .sysinfo import available_backends, machine_info
@@ -201,7 +202,7 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
     min_steps = 1 if quick else MIN_STEPS
 
     machine = machine_info()
-    tf32 = "cupy" in wanted and C.cupy_tf32()
+    tf32 = "cupy" in wanted and tf32_in_use()
     results: dict[str, Any] = {
         "schema": SCHEMA, "machine": machine,
         "settings": {"configs": [c.name for c in cfgs], "backends": wanted,
