@@ -7,30 +7,22 @@ from __future__ import annotations
 
 import pytest
 
+from gpunn.backend import unavailable_reason
 from gpunn.bench import contenders as C
-from gpunn.bench.sysinfo import available_backends
+from gpunn.bench.configs import CONFIGS, BenchConfig
+from gpunn.bench.runner import synthetic_data
 
 #: seconds one timed round aims at when benchmarking for real
 ROUND_S = 0.2
 ROUNDS = 5
-
-
-def gpu_reason() -> str | None:
-    """Why the cupy backend cannot run here, or None when it can."""
-    if "cupy" in available_backends():
-        return None
-    try:
-        from gpunn.backend import unavailable_reason
-
-        return unavailable_reason() or "cupy backend not available"
-    except Exception as exc:  # pragma: no cover
-        return f"cupy backend not available ({exc})"
+#: bytes of synthetic X per model when only smoke-testing (--benchmark-disable)
+SMOKE_BYTES = 8 * 2**20
 
 
 def backend_param(name: str) -> object:
     """A ``backend`` parameter, marked ``gpu`` and skipped with the reason where needed."""
     if name == "cupy":
-        reason = gpu_reason()
+        reason = unavailable_reason()
         marks = [pytest.mark.gpu]
         if reason:
             marks.append(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
@@ -40,16 +32,16 @@ def backend_param(name: str) -> object:
 
 @pytest.fixture(scope="session")
 def data_cache() -> dict:
-    """Synthetic data shared by all cases of a session, one set per model input width."""
+    """Synthetic data shared by all cases of a session, one set per model and device."""
     return {}
 
 
-def shared_data(cache: dict, n_in: int, n_out: int, batch: int, disabled: bool,
-                device: str) -> C.SyntheticData:
-    n = max(batch * (2 if disabled else 1), (8 if disabled else 48) * 2**20 // (4 * n_in))
-    if device == "gpu" and not disabled:
-        n *= 4
-    key = (n_in, n_out, n, device)
-    if key not in cache:
-        cache[key] = C.SyntheticData(n_in, n_out, n, seed=0)
-    return cache[key]
+def shared_data(cache: dict, cfg: BenchConfig, backend: str, disabled: bool
+                ) -> C.SyntheticData:
+    """The bench's data for ``cfg`` on ``backend``'s device: as much as ``gpunn bench`` uses
+    when benchmarking, a little (two of the largest batches) when only smoke-testing."""
+    device = C.device_of(backend)
+    largest = max(c.batch for c in CONFIGS.values() if backend == "cupy" or not c.gpu_only)
+    if disabled:
+        return synthetic_data(cache, cfg, device, 0, 2 * largest, SMOKE_BYTES)
+    return synthetic_data(cache, cfg, device, 0, largest)

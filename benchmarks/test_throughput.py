@@ -1,4 +1,5 @@
-"""Training throughput of gpunn (and PyTorch eager) on the DESIGN.md section 5 configurations.
+"""Training throughput of gpunn (and PyTorch eager) on the benchmark configurations of
+``docs/design.md``.
 
 Each case times full SGD steps on device-resident data; ``extra_info`` records samples/s and
 GFLOP/s. ``pytest benchmarks/ --benchmark-only`` benchmarks; ``--benchmark-disable`` smoke-tests.
@@ -6,12 +7,11 @@ GFLOP/s. ``pytest benchmarks/ --benchmark-only`` benchmarks; ``--benchmark-disab
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from gpunn.bench import contenders as C
 from gpunn.bench.configs import CONFIGS, BenchConfig
+from gpunn.bench.runner import calibrate
 
 from .conftest import ROUND_S, ROUNDS, backend_param, shared_data
 
@@ -30,15 +30,8 @@ def _cases() -> list:
 def _steps(contender: C.Contender, cfg: BenchConfig, n: int, disabled: bool) -> int:
     """2 steps when only smoke-testing; else enough for a round of about ROUND_S seconds."""
     if disabled:
-        return C.canonical_steps(2 if cfg.batch * 2 <= n else 1, cfg.batch, n)
-    probe = C.canonical_steps(2, cfg.batch, n)
-    contender.run(probe)
-    contender.timer.start()
-    t0 = time.perf_counter()
-    contender.run(probe)
-    contender.timer.stop()
-    per_step = max((time.perf_counter() - t0) / probe, 1e-7)
-    return C.canonical_steps(max(1, round(ROUND_S / per_step)), cfg.batch, n)
+        return C.canonical_steps(2, cfg.batch, n)
+    return calibrate(contender, cfg, ROUND_S, n)
 
 
 def _bench(benchmark, contender: C.Contender, cfg: BenchConfig, data: C.SyntheticData) -> None:
@@ -67,9 +60,7 @@ def _bench(benchmark, contender: C.Contender, cfg: BenchConfig, data: C.Syntheti
 
 @pytest.mark.parametrize(("cfg", "backend"), _cases())
 def test_gpunn_train_step(benchmark, data_cache, cfg: BenchConfig, backend: str) -> None:
-    disabled = bool(getattr(benchmark, "disabled", False))
-    data = shared_data(data_cache, cfg.layers[0], cfg.layers[-1], cfg.batch, disabled,
-                       C.device_of(backend))
+    data = shared_data(data_cache, cfg, backend, bool(getattr(benchmark, "disabled", False)))
     contender = C.make_gpunn(cfg, backend, cfg.batch, data)
     _bench(benchmark, contender, cfg, data)
 
@@ -77,9 +68,7 @@ def test_gpunn_train_step(benchmark, data_cache, cfg: BenchConfig, backend: str)
 @pytest.mark.parametrize(("cfg", "backend"), _cases())
 def test_torch_eager_train_step(benchmark, data_cache, cfg: BenchConfig, backend: str) -> None:
     pytest.importorskip("torch", reason="PyTorch is not installed (peer benchmark)")
-    disabled = bool(getattr(benchmark, "disabled", False))
-    data = shared_data(data_cache, cfg.layers[0], cfg.layers[-1], cfg.batch, disabled,
-                       C.device_of(backend))
+    data = shared_data(data_cache, cfg, backend, bool(getattr(benchmark, "disabled", False)))
     params = C.make_network(cfg, "numpy").get_params()
     try:
         contender = C.make_torch_eager(cfg, backend, cfg.batch, data, params)

@@ -21,6 +21,8 @@ from .errors import (
     InputError,
     InputTypeError,
     ModelFileError,
+    NumericalError,
+    OutputFileError,
 )
 from .io import load
 from .network import Network
@@ -44,8 +46,10 @@ __all__ = [
     "Momentum",
     "Nesterov",
     "Network",
+    "NumericalError",
     "Ops",
     "Optimizer",
+    "OutputFileError",
     "__version__",
     "available_backends",
     "get_backend",

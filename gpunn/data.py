@@ -15,8 +15,18 @@ arrays, and the training code moves them to the device once.
   fits min-max scaling on the training part only (the seed article recommends min-max) and
   applies it to all three parts.
 
-Every malformed input raises :class:`gpunn.errors.DataError` naming the file or argument, what
-is wrong and what to do about it.
+* ``load_features(path)`` reads the samples to predict on (``gpunn predict``): a CSV file of
+  feature columns only, read by the same rules as training CSV files, an ``.npz`` or an ``.npy``.
+
+CSV files (``.csv`` or ``.csv.gz``), for training and prediction alike: UTF-8 text, with or
+without a byte-order mark (Excel's "CSV UTF-8"); cells separated by commas, else semicolons,
+else tabs (whichever the first row uses); numbers may be quoted. Blank lines and lines whose
+first character is ``#`` (comments, as NumPy writes and reads them) are skipped. The first row
+is a header when none of its cells is a number; otherwise it is data, and an empty or
+non-numeric cell in it is an error naming its line and column, like anywhere else.
+
+A malformed file or dataset raises :class:`gpunn.errors.DataError` naming the file, what is
+wrong and what to do about it; a bad argument an ``InputError`` or ``InputTypeError``.
 """
 
 from __future__ import annotations
@@ -25,16 +35,24 @@ import csv
 import gzip
 import math
 import os
-import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from gpunn.errors import DataError
+from gpunn.files import atomic_write
+from gpunn.validation import (
+    check_class_labels,
+    check_dtype,
+    check_fraction,
+    check_int,
+    check_values,
+)
 
 __all__ = [
     "DATASETS",
@@ -44,6 +62,7 @@ __all__ = [
     "check_labels",
     "load_arrays",
     "load_dataset",
+    "load_features",
     "one_hot",
     "read_idx",
     "write_idx",
@@ -94,8 +113,8 @@ def check_labels(y: Any, n_classes: int | None = None, *, name: str = "y") -> np
             f"{name} must hold integer class labels 0..k-1, got {arr.dtype} values; map class "
             "names to integers, e.g. names, y = np.unique(y, return_inverse=True)"
         )
-    if arr.dtype.kind == "c":
-        raise DataError(f"{name} must hold integer class labels 0..k-1, got complex values")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name} must hold integer class labels 0..k-1, got dtype {arr.dtype}")
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
@@ -103,65 +122,18 @@ def check_labels(y: Any, n_classes: int | None = None, *, name: str = "y") -> np
         raise DataError(f"{name} must be a 1-D array of class labels, got shape {arr.shape}{hint}")
     if arr.size == 0:
         raise DataError(f"{name} is empty: there are no labels")
-    if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"{name} has {int(bad.sum())} NaN or infinite labels (first at sample {first}); "
-                "every sample needs an integer class label"
-            )
-        frac = arr != np.round(arr)
-        if frac.any():
-            first = int(np.flatnonzero(frac)[0])
-            raise DataError(
-                f"{name} must hold integer class labels, got {arr[first].item()!r} at sample "
-                f"{first} ({int(frac.sum())} non-integer values); gpunn classifies, it does not "
-                "regress"
-            )
-    elif arr.dtype.kind not in "iub":
-        raise DataError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
-    lo, hi = arr.min(), arr.max()
-    if lo < 0:
-        first = int(np.flatnonzero(arr < 0)[0])
-        raise DataError(
-            f"{name} has a negative label {arr[first].item()!r} at sample {first}; "
-            "gpunn expects labels 0 to k-1"
-        )
-    if hi > np.iinfo(np.int64).max:
-        raise DataError(f"{name} has a label {int(hi)} too large to be a class number")
-    lo, hi = int(lo), int(hi)
     if n_classes is not None:
-        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
-            raise DataError(f"n_classes must be an integer, got {n_classes!r}")
-        if n_classes < 1:
-            raise DataError(f"n_classes must be at least 1, got {n_classes}")
-        if hi >= n_classes:
-            if lo >= 1 and hi == n_classes:
-                raise DataError(
-                    f"{name}: labels run from {lo} to {hi}; gpunn expects 0 to {hi - 1}: subtract 1"
-                )
-            raise DataError(
-                f"{name} has label {hi} but there are only {n_classes} classes "
-                f"(labels 0 to {n_classes - 1})"
-            )
-    elif lo > 0:
-        if lo == 1:
-            raise DataError(
-                f"{name}: labels run from 1 to {hi}; gpunn expects 0 to {hi - 1}: subtract 1"
-            )
-        raise DataError(
-            f"{name}: labels run from {lo} to {hi}; gpunn expects labels 0 to k-1: remap them, "
-            "e.g. classes, y = np.unique(y, return_inverse=True)"
-        )
+        n_classes = check_int("n_classes", n_classes, minimum=1)
+    check_class_labels(name, arr, n_classes, error=DataError)
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{name} has a label {int(arr.max())} too large to be a class number")
     return arr.astype(np.int64, copy=False)
 
 
 def one_hot(y: Any, n_classes: int, dtype: Any = "float32") -> np.ndarray:
     """Return the (n, n_classes) one-hot matrix of labels ``y`` (row i has a 1 in column y[i])."""
     labels = check_labels(y, n_classes)
-    dt = _float_dtype(dtype)
-    out = np.zeros((labels.shape[0], int(n_classes)), dtype=dt)
+    out = np.zeros((labels.shape[0], int(n_classes)), dtype=check_dtype(dtype))
     out[np.arange(labels.shape[0]), labels] = 1
     return out
 
@@ -193,7 +165,7 @@ class MinMaxScaler:
     def fit(self, X: Any) -> MinMaxScaler:
         """Learn each column's minimum and maximum from ``X`` (n_samples, n_features)."""
         arr = _as_2d_float(X, "X")
-        _check_finite(arr, "X")
+        check_values("X", arr, error=DataError)
         mn = arr.min(axis=0).astype(np.float64)
         mx = arr.max(axis=0).astype(np.float64)
         with np.errstate(over="ignore"):
@@ -280,17 +252,19 @@ class MinMaxScaler:
 # IDX files
 
 
-def _read_bytes(path: Path, what: str) -> bytes:
-    """Read a whole file, gunzipping it when its content is gzip (detected, not guessed)."""
+def _check_file(path: Path, what: str) -> None:
+    """Refuse a path that does not exist or is a directory, naming it as ``what``."""
     if not path.exists():
         raise DataError(f"{what} {str(path)!r} does not exist")
     if path.is_dir():
         raise DataError(f"{what} {str(path)!r} is a directory, not a file")
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn the errors of reading ``path``, plain or gzip'd, into DataErrors naming it."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        return raw
+        yield
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(
             f"{what} {str(path)!r} is a damaged or truncated gzip file ({exc}); download it again"
@@ -299,23 +273,56 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise DataError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """Read a whole file, gunzipping it when its content is gzip (detected, not guessed)."""
+    _check_file(path, what)
+    with _reading(path, what):
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            return gzip.decompress(raw)
+        return raw
+
+
+# A gzip'd IDX file is unpacked as it is read, so that its header is checked before any data
+# is unpacked and nothing past the declared data ever is. DEFLATE packs at most about 1032
+# bytes into one, which bounds what a gzip file of a given size can hold; _IDX_MAX_BYTES bounds
+# what gpunn reads from one IDX file at all (the full MNIST training images take 47 MB).
+_DEFLATE_MAX_RATIO = 1032
+_IDX_MAX_BYTES = 16 * 2**30
+_READ_CHUNK = 2**20
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (the MNIST format), plain or gzip'd, into a native-endian NumPy array.
 
     The header is checked: magic number ``0x00 0x00 TYPE NDIM``, then NDIM big-endian uint32
-    sizes, then exactly prod(sizes) items of TYPE; a short or over-long file is refused.
+    sizes, then exactly prod(sizes) items of TYPE; a short or over-long file is refused, and so
+    is one that declares more than 16 GiB of data. A gzip'd file is unpacked as it is read: the
+    header is checked first, and reading stops after the declared data.
     """
     p = Path(path)
-    data = _read_bytes(p, "IDX file")
-    where = f"IDX file {str(p)!r}"
-    if len(data) < 4:
-        raise DataError(f"{where} is truncated: {len(data)} bytes, shorter than an IDX header")
-    if data[0] != 0 or data[1] != 0:
+    _check_file(p, "IDX file")
+    with _reading(p, "IDX file"), p.open("rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+        return _read_idx_stream(stream, f"IDX file {str(p)!r}", os.fstat(raw.fileno()).st_size,
+                                gzipped)
+
+
+def _read_idx_stream(
+    stream: BinaryIO, where: str, file_size: int, gzipped: bool
+) -> np.ndarray:
+    """The array of an IDX stream (see :func:`read_idx`); ``file_size`` is the size on disk."""
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{where} is truncated: {len(magic)} bytes, shorter than an IDX header")
+    if magic[0] != 0 or magic[1] != 0:
         raise DataError(
-            f"{where} has a bad magic number 0x{data[:4].hex()}: an IDX file starts with two "
+            f"{where} has a bad magic number 0x{magic.hex()}: an IDX file starts with two "
             "zero bytes; is it really an MNIST/IDX file?"
         )
-    code, ndim = data[2], data[3]
+    code, ndim = magic[2], magic[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DataError(
@@ -324,14 +331,44 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if ndim == 0:
         raise DataError(f"{where} declares 0 dimensions in its magic number")
     header = 4 + 4 * ndim
-    if len(data) < header:
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise DataError(
-            f"{where} is truncated: its header needs {header} bytes, the file has {len(data)}"
+            f"{where} is truncated: its header needs {header} bytes, the file has "
+            f"{4 + len(sizes)}"
         )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4"))
     dtype = _IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
-    actual = len(data) - header
+    if gzipped and expected > file_size * _DEFLATE_MAX_RATIO:
+        raise DataError(
+            f"{where} declares shape {dims}, {expected} bytes of data, more than a gzip file of "
+            f"{file_size} bytes can hold: it is truncated or damaged; download it again"
+        )
+    if not gzipped:
+        _check_idx_size(where, dims, expected, file_size - header)
+    if expected > _IDX_MAX_BYTES:
+        raise DataError(
+            f"{where} declares shape {dims}, {expected / 2**30:.1f} GiB of data, more than "
+            f"gpunn reads from one IDX file ({_IDX_MAX_BYTES // 2**30} GiB); is it really an "
+            "IDX file?"
+        )
+    data = np.empty(expected, dtype=np.uint8)
+    view = memoryview(data)
+    filled = 0
+    while filled < expected:
+        n = stream.readinto(view[filled : filled + _READ_CHUNK])
+        if not n:
+            break
+        filled += n
+    _check_idx_size(where, dims, expected, filled)
+    if gzipped and stream.read(1):
+        raise DataError(f"{where} has unexpected bytes after the data of shape {dims}")
+    return data.view(dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _check_idx_size(where: str, dims: tuple[int, ...], expected: int, actual: int) -> None:
+    """The data of shape ``dims`` takes ``expected`` bytes; the file holds ``actual``."""
     if actual < expected:
         raise DataError(
             f"{where} is truncated: shape {dims} needs {expected} bytes of data, "
@@ -341,8 +378,6 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(
             f"{where} has {actual - expected} unexpected bytes after the data of shape {dims}"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))  # a writable native-endian copy
 
 
 def write_idx(path: str | os.PathLike[str], array: Any) -> None:
@@ -371,26 +406,7 @@ def write_idx(path: str | os.PathLike[str], array: Any) -> None:
     p = Path(path)
     if p.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(p, payload)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DataError(f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(p, lambda handle: handle.write(payload), error=DataError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,9 +425,11 @@ def load_arrays(
     (train and t10k files concatenated, train first), a ``.npz`` path (arrays ``X`` and ``y``;
     ``X`` with more than 2 dimensions, such as images (n, 28, 28), is flattened per sample) or a
     ``.csv`` path (``label_column``: a column name or index; by default the column named
-    ``label``, else the last column). ``.csv.gz`` is read too.
+    ``label``, else the last column; given for other data, it is an error). ``.csv.gz`` is read
+    too; the module docstring says how CSV files are read.
     """
     kind, arg = _parse_spec(spec)
+    _check_label_column(kind, label_column, spec)
     if kind == "builtin":
         X, y = _load_builtin(arg)
         return _validated(X, y, f"dataset {arg!r}")
@@ -419,8 +437,29 @@ def load_arrays(
         (Xtr, ytr), (Xte, yte) = _load_mnist_dir(arg)
         return np.concatenate([Xtr, Xte]), np.concatenate([ytr, yte])
     if kind == "npz":
-        return _load_npz(Path(arg))
-    return _load_csv(Path(arg), label_column)
+        return _load_npz(Path(arg).expanduser())
+    return _load_csv(Path(arg).expanduser(), label_column)
+
+
+def load_features(path: str | os.PathLike[str]) -> np.ndarray:
+    """Return the samples of a file to predict on, as a 2-D array (n_samples, n_features).
+
+    ``path`` is a ``.csv`` or ``.csv.gz`` file of feature columns only (no label column), read
+    by the same rules as the CSV files of :func:`load_arrays` (see the module docstring), an
+    ``.npz`` file (array ``X``, or its only array) or an ``.npy`` file. Arrays with more than 2
+    dimensions, such as images (n, 28, 28), are flattened per sample. Float32 arrays stay
+    float32; anything else becomes float64. Every value must be finite.
+    """
+    p = Path(path).expanduser()
+    where = repr(str(p))
+    suffix = p.name.lower()
+    if suffix.endswith((".csv", ".csv.gz")):
+        source = _read_csv_text(p)
+        table = _parse_csv(source, label_index=None)
+        return _checked_features(table, where, source.line_numbers)
+    if suffix.endswith((".npz", ".npy")):
+        return _checked_features(_load_feature_array(p), where)
+    raise DataError(f"input {where}: use a .csv (or .csv.gz), .npz (array X) or .npy file")
 
 
 @dataclass
@@ -469,15 +508,16 @@ def load_dataset(
     and the rest is training data. For ``"mnist:DIR"`` the official t10k files are the test
     part (``test_fraction`` is not used) and validation is split off the training files.
     A fraction of 0 gives an empty part; a positive fraction that rounds to no sample at all
-    is an error rather than a silently missing split.
+    is an error rather than a silently missing split. A value (scaled, with ``scale``) beyond
+    the range of ``dtype`` is an error too, not an infinity. ``label_column`` chooses the label
+    column of a CSV file; for other data it is an error.
     """
-    dt = _float_dtype(dtype)
-    val_fraction = _check_fraction(val_fraction, "val_fraction")
-    test_fraction = _check_fraction(test_fraction, "test_fraction")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DataError(f"seed must be an integer, got {seed!r}")
-    rng = np.random.default_rng(int(seed))
+    dt = check_dtype(dtype)
+    val_fraction = check_fraction("val_fraction", val_fraction)
+    test_fraction = check_fraction("test_fraction", test_fraction)
+    rng = np.random.default_rng(check_int("seed", seed, minimum=0))
     kind, arg = _parse_spec(spec)
+    _check_label_column(kind, label_column, spec)
     name = arg if kind == "builtin" else str(spec)
 
     if kind == "mnist":
@@ -505,19 +545,20 @@ def load_dataset(
         raise DataError(f"{name}: the split leaves no training data; lower the fractions")
     X_train, y_train = X_pool[train_idx], y_pool[train_idx]
     X_val, y_val = X_pool[val_idx], y_pool[val_idx]
-    n_classes = int(max(y_pool.max(), y_test.max() if len(y_test) else 0)) + 1
+    n_classes = _count_classes(np.concatenate([y_pool, y_test]), name)
 
     scaler: MinMaxScaler | None = None
     if scale:
         scaler = MinMaxScaler().fit(X_train)
         X_train, X_val, X_test = (scaler.transform(a) for a in (X_train, X_val, X_test))
+    scaled = " after min-max scaling" if scale else ""
     return Dataset(
         name=name,
-        X_train=X_train.astype(dt, copy=False),
+        X_train=_cast(X_train, dt, f"X_train of {name}{scaled}"),
         y_train=y_train,
-        X_val=X_val.astype(dt, copy=False),
+        X_val=_cast(X_val, dt, f"X_val of {name}{scaled}"),
         y_val=y_val,
-        X_test=X_test.astype(dt, copy=False),
+        X_test=_cast(X_test, dt, f"X_test of {name}{scaled}"),
         y_test=y_test,
         n_features=int(X_train.shape[1]),
         n_classes=n_classes,
@@ -527,6 +568,21 @@ def load_dataset(
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _count_classes(labels: np.ndarray, name: str) -> int:
+    """The number of outputs labels 0..max need: max + 1, refused when most of those classes
+    never occur (labels such as 0, 1, 1000 are names, not class numbers)."""
+    n_classes = int(labels.max()) + 1
+    present = len(np.unique(labels))
+    if n_classes > 2 and present * 2 < n_classes:
+        raise DataError(
+            f"{name}: the labels run from 0 to {n_classes - 1} but only {present} distinct "
+            f"values occur, so the network would need {n_classes} outputs, most for classes "
+            "that never occur; renumber them 0..k-1, e.g. classes, y = np.unique(y, "
+            "return_inverse=True)"
+        )
+    return n_classes
 
 
 def _norm_name(name: str) -> str:
@@ -667,31 +723,73 @@ def _load_mnist_dir(
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays ``X`` and ``y`` of a training ``.npz`` file."""
     where = f"{str(path)!r}"
-    if not path.exists():
-        raise DataError(f"data file {where} does not exist")
-    if path.is_dir():
-        raise DataError(f"data file {where} is a directory, not a .npz file")
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise DataError(f"cannot read data file {where}: {exc.strerror or exc}") from None
-    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
-        what = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+    kind = _numpy_file_kind(path)
+    if kind != "npz":
+        what = "a single .npy array" if kind == "npy" else "not a zip archive"
         raise DataError(
             f"{where} is not a .npz file ({what}); save one with np.savez(path, X=X, y=y)"
         )
+    with (
+        _numpy_errors(where),
+        path.open("rb") as handle,  # not opened by np.load, which leaks it on a damaged archive
+        np.load(handle, allow_pickle=False) as npz,
+    ):
+        keys = list(npz.files)
+        missing = [k for k in ("X", "y") if k not in keys]
+        if missing:
+            raise DataError(
+                f"{where} lacks array(s) {', '.join(missing)} (it has: "
+                f"{', '.join(keys) or 'nothing'}); save it with np.savez(path, X=X, y=y)"
+            )
+        X, y = npz["X"], npz["y"]
+    return _validated(_feature_matrix(X, f"X in {where}"), y, where)
+
+
+def _load_feature_array(path: Path) -> np.ndarray:
+    """The samples of an ``.npz`` file (array ``X``, or its only array) or an ``.npy`` file."""
+    where = f"{str(path)!r}"
+    kind = _numpy_file_kind(path)
+    if kind is None:
+        raise DataError(
+            f"{where} is not a NumPy file (neither a zip archive like .npz nor an .npy array); "
+            "save the samples with np.save(path, X) or np.savez(path, X=X)"
+        )
+    # the file is opened here, not by np.load, which leaves it open when the archive is damaged
+    with _numpy_errors(where), path.open("rb") as handle:
+        if kind == "npy":
+            X = np.load(handle, allow_pickle=False)
+        else:
+            with np.load(handle, allow_pickle=False) as npz:
+                keys = list(npz.files)
+                key = "X" if "X" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise DataError(
+                        f"{where} has no array named X (it has: {', '.join(keys) or 'nothing'}); "
+                        "save the samples with np.savez(path, X=X)"
+                    )
+                X = npz[key]
+    return _feature_matrix(X, f"X in {where}")
+
+
+def _numpy_file_kind(path: Path) -> str | None:
+    """``"npz"`` or ``"npy"`` by the file's first bytes, None for neither."""
+    _check_file(path, "data file")
+    with _reading(path, "data file"), path.open("rb") as f:
+        magic = f.read(6)
+    if magic[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "npz"
+    if magic == b"\x93NUMPY":
+        return "npy"
+    return None
+
+
+@contextmanager
+def _numpy_errors(where: str) -> Iterator[None]:
+    """Turn what ``np.load`` raises on a damaged or hostile file into a DataError naming it."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            missing = [k for k in ("X", "y") if k not in keys]
-            if missing:
-                raise DataError(
-                    f"{where} lacks array(s) {', '.join(missing)} (it has: "
-                    f"{', '.join(keys) or 'nothing'}); save it with np.savez(path, X=X, y=y)"
-                )
-            X, y = npz["X"], npz["y"]
+        yield
     except DataError:
         raise
     except ValueError as exc:
@@ -700,38 +798,50 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{where} holds an object (pickled) array; gpunn does not unpickle data files: "
                 "save plain numeric arrays"
             ) from None
-        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
-    except Exception as exc:  # zipfile.BadZipFile and the like from damaged archives
-        raise DataError(f"{where} is not a readable .npz file: {exc}") from None
+        raise DataError(f"{where} is not a readable NumPy file: {exc}") from None
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, zlib.error from damaged archives
+        raise DataError(f"{where} is not a readable NumPy file: {exc}") from None
+
+
+def _feature_matrix(X: np.ndarray, name: str) -> np.ndarray:
+    """An array read from a file as samples in rows (n_samples, n_features), each sample
+    flattened: float32 (or narrower floats) as float32, other numbers as float64."""
     if X.dtype == object or X.dtype.kind not in "biuf":
-        raise DataError(f"X in {where} must be numeric, got dtype {X.dtype}")
+        raise DataError(f"{name} must be numeric, got dtype {X.dtype}")
+    if X.ndim == 0:
+        raise DataError(f"{name} is a scalar, not a data matrix")
     if X.ndim == 1:
         raise DataError(
-            f"X in {where} is 1-D with shape {X.shape}; gpunn expects (n_samples, n_features): "
-            "use X.reshape(-1, 1) for a single feature"
+            f"{name} is 1-D with shape {X.shape}; gpunn expects (n_samples, n_features): use "
+            "X.reshape(-1, 1) if each value is a sample of one feature, or X.reshape(1, -1) if "
+            "the array is one sample"
         )
-    if X.ndim == 0:
-        raise DataError(f"X in {where} is a scalar, not a data matrix")
     if X.ndim > 2:
-        X = X.reshape(X.shape[0], -1)
+        X = X.reshape(X.shape[0], math.prod(X.shape[1:]))
     if X.dtype.kind == "f" and X.dtype.itemsize <= 4:
-        X = X.astype(np.float32, copy=False)
-    else:
-        X = X.astype(np.float64, copy=False)
-    return _validated(X, y, where)
+        return X.astype(np.float32, copy=False)
+    return X.astype(np.float64, copy=False)
 
 
-def _validated(X: np.ndarray, y: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Common checks on a loaded (X, y): shape, emptiness, finiteness, sample counts, labels."""
+def _checked_features(
+    X: np.ndarray, where: str, line_numbers: list[int] | None = None
+) -> np.ndarray:
+    """``X`` after checking that it is a non-empty matrix of finite values."""
     if X.ndim != 2:
         raise DataError(f"X in {where} must be 2-D (n_samples, n_features), got {X.shape}")
     if X.shape[0] == 0:
         raise DataError(f"{where} holds no samples")
     if X.shape[1] == 0:
         raise DataError(f"{where} has samples but no features")
-    _check_finite(X, f"X in {where}")
+    check_values(f"X in {where}", X, error=DataError, line_numbers=line_numbers)
+    return X
+
+
+def _validated(
+    X: np.ndarray, y: Any, where: str, line_numbers: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Common checks on a loaded (X, y): features, sample counts, labels."""
+    X = _checked_features(X, where, line_numbers)
     y_arr = np.asarray(y)
     n_y = y_arr.shape[0] if y_arr.ndim else 1
     if n_y != X.shape[0]:
@@ -741,59 +851,92 @@ def _validated(X: np.ndarray, y: Any, where: str) -> tuple[np.ndarray, np.ndarra
     return X, check_labels(y_arr, name=f"y in {where}")
 
 
-def _load_csv(path: Path, label_column: str | int | None) -> tuple[np.ndarray, np.ndarray]:
+# --------------------------------------------------------------------------------------------
+# CSV files
+
+
+@dataclass
+class _CsvText:
+    """A CSV file split into rows, before its cells are read as numbers."""
+
+    where: str
+    """The file's name, quoted, for messages."""
+    delimiter: str
+    header: list[str] | None
+    """The column names, or None when the first row is data."""
+    n_cols: int
+    rows: list[tuple[int, str]]
+    """The data rows as (line number, text)."""
+
+    @property
+    def line_numbers(self) -> list[int]:
+        return [number for number, _ in self.rows]
+
+
+def _read_csv_text(path: Path) -> _CsvText:
+    """Read a CSV file by the rules in the module docstring, up to the numbers."""
     where = f"{str(path)!r}"
     raw = _read_bytes(path, "data file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    # Keep each non-blank line with its 1-based line number, for error messages.
-    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    if not lines:
-        raise DataError(f"{where} is empty")
-    first = lines[0][1]
-    delim = ","
-    if "," not in first:
-        delim = ";" if ";" in first else ("\t" if "\t" in first else ",")
+        raise DataError(
+            f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+            '(in Excel: "CSV UTF-8")'
+        ) from None
+    rows = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not rows:
+        raise DataError(f"{where} is empty: it has no lines other than blank or # comment lines")
+    first = rows[0][1]
+    delimiter = "," if "," in first else ";" if ";" in first else "\t" if "\t" in first else ","
+    cells = _split_row(first, delimiter)
+    header = cells if _is_header(cells) else None
+    if header is not None:
+        rows = rows[1:]
+        if not rows:
+            raise DataError(f"{where} has a header row but no data rows")
+    return _CsvText(where, delimiter, header, len(cells), rows)
 
-    def split_row(line: str) -> list[str]:
-        return [c.strip() for c in next(csv.reader([line], delimiter=delim))]
 
-    first_cells = split_row(first)
-    has_header = any(not is_number(c) for c in first_cells)
-    header = first_cells if has_header else None
-    body = lines[1:] if has_header else lines
-    n_cols = len(first_cells)
-    if not body:
-        raise DataError(f"{where} has a header row but no data rows")
-    if n_cols < 2:
-        raise DataError(f"{where} has {n_cols} column; it needs feature columns and a label")
+def _split_row(line: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))]
 
-    label_idx = _csv_label_index(header, n_cols, label_column, where)
 
-    # Fast path: NumPy's parser. On any failure, re-scan in Python to say exactly where.
+def _is_header(cells: list[str]) -> bool:
+    """A first row is a header when it names columns: none of its cells is a number."""
+    names = [c for c in cells if c]
+    return bool(names) and all(_parse_number(c) is None for c in names)
+
+
+def _parse_number(cell: str) -> float | None:
+    """A cell's number, or None when it is not one: as NumPy reads numbers, so no ``1_000``
+    and no digits other than ASCII, which Python's float() would take."""
+    text = cell.strip()
+    if not text.isascii() or "_" in text:
+        return None
     try:
-        table = np.loadtxt(
-            [ln for _, ln in body], delimiter=delim, dtype=np.float64, ndmin=2, comments=None
-        )
-        if table.shape[1] != n_cols:
-            raise ValueError("column count differs from the first row")
+        return float(text)
     except ValueError:
-        _diagnose_csv(body, n_cols, delim, header, label_idx, where)
-        raise DataError(f"{where} could not be parsed as numeric CSV") from None
+        return None
 
+
+def _load_csv(path: Path, label_column: str | int | None) -> tuple[np.ndarray, np.ndarray]:
+    source = _read_csv_text(path)
+    where = source.where
+    if source.n_cols < 2:
+        raise DataError(
+            f"{where} has {source.n_cols} column; it needs feature columns and a label"
+        )
+    label_idx = _csv_label_index(source.header, source.n_cols, label_column, where)
+    table = _parse_csv(source, label_idx)
     y = table[:, label_idx]
     X = np.delete(table, label_idx, axis=1)
-    bad = ~np.isfinite(X)
-    if bad.any():
-        row = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise DataError(
-            f"X in {where} has {int(bad.sum())} NaN or infinite values (first on line "
-            f"{body[row][0]}); remove or fill those rows"
-        )
-    label_name = repr(header[label_idx]) if header else f"index {label_idx}"
-    return _validated(X, y, f"{where} (label column {label_name})")
+    label_name = repr(source.header[label_idx]) if source.header else f"index {label_idx}"
+    return _validated(X, y, f"{where} (label column {label_name})", source.line_numbers)
 
 
 def _csv_label_index(
@@ -832,40 +975,68 @@ def _csv_label_index(
     raise DataError(f"label_column must be a column name or index, got {label_column!r}")
 
 
-def _diagnose_csv(
-    body: list[tuple[int, str]],
-    n_cols: int,
-    delim: str,
-    header: list[str] | None,
-    label_idx: int,
-    where: str,
-) -> None:
-    """Find the first malformed row or cell and raise a DataError naming line and column."""
-    reader = csv.reader((ln for _, ln in body), delimiter=delim)
-    for (lineno, _), cells in zip(body, reader, strict=True):
-        if len(cells) != n_cols:
+
+def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
+    """The rows of a CSV file as a float64 table, or a DataError naming the first bad cell's
+    line and column (``label_index``: the label column, named in that message)."""
+    try:
+        table = np.loadtxt(
+            [line for _, line in source.rows], delimiter=source.delimiter, quotechar='"',
+            dtype=np.float64, ndmin=2, comments=None,
+        )
+        if table.shape[1] == source.n_cols:
+            return table
+    except ValueError:
+        pass
+    # NumPy's fast parser failed: read the rows in Python, to name the cell that is wrong.
+    table = np.empty((len(source.rows), source.n_cols))
+    for i, (number, line) in enumerate(source.rows):
+        cells = _split_row(line, source.delimiter)
+        if len(cells) != source.n_cols:
             raise DataError(
-                f"{where} line {lineno} has {len(cells)} cells, the first row has {n_cols}"
+                f"{source.where} line {number} has {len(cells)} cells, the first row has "
+                f"{source.n_cols}"
             )
         for j, cell in enumerate(cells):
-            if not is_number(cell.strip()):
-                col = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
-                what = "an empty cell" if not cell.strip() else f"non-numeric value {cell!r}"
-                hint = (
-                    "; the label column must hold integer classes 0..k-1"
-                    if j == label_idx
-                    else "; every feature must be a number"
-                )
-                raise DataError(f"{where} line {lineno}, {col}: {what}{hint}")
+            value = _parse_number(cell)
+            if value is None:
+                problem = _bad_cell(source, i, j, cell, label_index)
+                raise DataError(f"{source.where} line {number}, {problem}")
+            table[i, j] = value
+    return table
 
 
-def is_number(cell: str) -> bool:
-    """Whether a CSV cell reads as a number (a header cell does not)."""
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+def _bad_cell(source: _CsvText, row: int, col: int, cell: str, label_index: int | None) -> str:
+    """What is wrong with a cell that is not a number, and what to do."""
+    name = f"column {col + 1}" + (f" ({source.header[col]!r})" if source.header else "")
+    what = f"non-numeric value {cell!r}" if cell else "an empty cell"
+    if col == label_index:
+        hint = "the label column must hold integer classes 0..k-1"
+    else:
+        hint = "every feature must be a number"
+    if "#" in cell:
+        hint += " (# starts a comment only at the start of a line)"
+    elif row == 0 and source.header is None and cell:
+        hint += f" (if line {source.rows[0][0]} is a header, no cell of it may be a number)"
+    return f"{name}: {what}; {hint}"
+
+
+def _check_label_column(kind: str, label_column: Any, spec: Any) -> None:
+    """A label column is chosen in CSV files only: refuse one that would be ignored."""
+    if label_column is not None and kind != "csv":
+        holder = "an .npz file holds its labels in its array y" if kind == "npz" else (
+            "its labels come with it"
+        )
+        raise DataError(
+            f"a label column ({label_column!r}) can only be chosen in CSV data, and "
+            f"{os.fspath(spec)!r} is not CSV: {holder}; leave out label_column (--label-column)"
+        )
+
+
+def _cast(X: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``X`` as ``dtype``, after checking that every value fits in it."""
+    check_values(name, X, dtype, error=DataError)
+    return X.astype(dtype, copy=False)
 
 
 def _as_2d_float(X: Any, name: str, *, allow_empty: bool = False) -> np.ndarray:
@@ -879,35 +1050,6 @@ def _as_2d_float(X: Any, name: str, *, allow_empty: bool = False) -> np.ndarray:
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     return arr
-
-
-def _check_finite(X: np.ndarray, name: str) -> None:
-    bad = ~np.isfinite(X)
-    if bad.any():
-        row = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise DataError(
-            f"{name} has {int(bad.sum())} NaN or infinite values (first in sample {row}); "
-            "remove or fill them before training"
-        )
-
-
-def _float_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise DataError(f"dtype {dtype!r} is not a NumPy dtype; use float32 or float64") from None
-    if dt.kind != "f" or dt.itemsize < 4:
-        raise DataError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _check_fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise DataError(f"{name} must be a number in [0, 1), got {value!r}")
-    f = float(value)
-    if not (0.0 <= f < 1.0):
-        raise DataError(f"{name} must be in [0, 1), got {value!r}")
-    return f
 
 
 def _split_size(n: int, fraction: float, name: str, part: str) -> int:

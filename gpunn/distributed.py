@@ -196,7 +196,7 @@ class NCCLCommunicator(_Base):
     engine = "nccl"
 
     def __init__(self, ops: Ops | str | None = "cupy", mpi_comm: Any = None) -> None:
-        nccl = nccl_module()
+        nccl = usable_nccl()
         if nccl is None:
             raise BackendUnavailableError(
                 f"the NCCL engine is not available here: {nccl_unavailable_reason()}; "
@@ -298,14 +298,14 @@ def connect(engine: str = "auto", ops: Ops | str | None = None) -> Communicator:
     if not isinstance(engine, str) or engine.strip().lower() not in ENGINES:
         raise InputError(f"distributed engine is {engine!r}; choose one of {', '.join(ENGINES)}")
     engine = engine.strip().lower()
-    ops = get_backend(ops)
     if engine == "none":
         return SingleProcess()
+    ops = get_backend(ops)
     world = launcher_world()
     if engine == "auto":
         if world is None:
-            engine = "nccl" if ops.name == "cupy" and nccl_module() is not None else "mpi"
-        elif ops.name == "cupy" and nccl_module() is not None and _mpi_importable():
+            engine = "nccl" if ops.name == "cupy" and usable_nccl() is not None else "mpi"
+        elif ops.name == "cupy" and usable_nccl() is not None and _mpi_importable():
             engine = "nccl"
         else:
             engine = "mpi"  # raises below, with the install hint, if mpi4py is missing
@@ -355,7 +355,7 @@ def _import_mpi() -> Any:
 
 
 def _require_nccl() -> None:
-    if nccl_module() is None:
+    if usable_nccl() is None:
         raise BackendUnavailableError(
             f"the NCCL engine is not available here: {nccl_unavailable_reason()}; "
             f"{NCCL_INSTALL_HINT}"
@@ -363,11 +363,12 @@ def _require_nccl() -> None:
     _import_mpi()
 
 
-def nccl_module() -> Any:
-    """CuPy's NCCL binding (``cupy.cuda.nccl``) when CuPy, a GPU and libnccl are all here."""
+def usable_nccl() -> Any:
+    """CuPy's NCCL binding (``cupy.cuda.nccl``) when CuPy, a GPU and libnccl are all here,
+    else None."""
     if nccl_unavailable_reason() is not None:
         return None
-    return _load_nccl()
+    return _cuda.nccl_module()
 
 
 def nccl_unavailable_reason() -> str | None:
@@ -375,13 +376,9 @@ def nccl_unavailable_reason() -> str | None:
     gpu = _cuda.unavailable_reason()
     if gpu is not None:
         return gpu
-    if _load_nccl() is None:
+    if _cuda.nccl_module() is None:
         return "CuPy cannot load the NCCL library (libnccl.so.2)"
     return None
-
-
-def _load_nccl() -> Any:
-    return _cuda.nccl_module()
 
 
 def mpi_cuda_aware(MPI: Any = None) -> bool:
@@ -467,7 +464,6 @@ def verify_replicas(comm: Communicator, net: Network, *settings: float) -> None:
     if comm.size == 1:
         return
     ops = net.backend
-    xp = ops.xp
     cupy = _cuda.cupy_module()
     if cupy is not None and ops.is_device_array(net.params) and ops.name == "cupy":
         device = net.params.device.id
@@ -477,16 +473,11 @@ def verify_replicas(comm: Communicator, net: Network, *settings: float) -> None:
                 f"rank {comm.rank}'s network lives on GPU {device} but connect() chose GPU "
                 f"{current} for it: create the network after connect()"
             )
-    root_params = xp.array(net.params, copy=True)
-    comm.broadcast(root_params, root=0)
+    root_params = comm.broadcast(ops.copy(net.params), root=0)
     mine = ops.asarray([float(s) for s in settings], dtype="float64")
-    root_settings = xp.array(mine, copy=True)
-    comm.broadcast(root_settings, root=0)
-    flags = xp.stack(
-        [
-            xp.any(root_params != net.params).astype(xp.float64),
-            xp.any(root_settings != mine).astype(xp.float64),
-        ]
+    root_settings = comm.broadcast(ops.copy(mine), root=0)
+    flags = ops.pack_scalars(
+        ops.any_differ(root_params, net.params), ops.any_differ(root_settings, mine)
     )
     comm.allreduce_sum(flags)
     params_differ, settings_differ = ops.to_host(flags).tolist()
@@ -522,10 +513,3 @@ def evaluate_distributed(net: Network, Xd: Array, Yd: Array, comm: Communicator)
     comm.allreduce_sum(totals)
     cost, correct = net.backend.to_host(totals).tolist()
     return {"loss": cost / n, "accuracy": correct / n}
-
-
-def shares(n_rows: int, size: int) -> list[tuple[int, int]]:
-    """Every rank's [lo, hi) share of ``n_rows`` rows, in rank order (for reports and tests)."""
-    from .train import shard_rows
-
-    return [shard_rows(0, n_rows, r, size) for r in range(size)]

@@ -1,10 +1,10 @@
 """Divergence: whether the weights an epoch ends with still give a finite cost.
 
-:func:`gpunn.train.fit` checks once per epoch, from one host read of a few numbers
-(:func:`read_back`): the epoch's summed cost and whether every weight is finite, and the
-magnitudes of the weights and of the data. From those, :func:`cost_bound` bounds every number
-the forward pass and the summed cost can reach; only when that bound does not rule out an
-overflow of the dtype does :func:`cost_overflows` compute the cost itself (one forward pass).
+:func:`gpunn.train.fit` checks once per epoch (:func:`check_epoch`), from one host read of
+a few numbers (:func:`read_back`): the epoch's summed cost and whether every weight is finite,
+and the magnitudes of the weights and of the data. From those, :func:`cost_bound` bounds every
+number the forward pass and the summed cost can reach; only when that bound does not rule out
+an overflow of the dtype does :func:`cost_overflows` compute the cost itself (one forward pass).
 So a run whose last update of an epoch leaves huge but finite weights stops with
 DivergenceError instead of handing back a network whose cost is infinite, and a healthy run
 pays nothing but the read.
@@ -13,35 +13,49 @@ pays nothing but the read.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
+from .backend import Array, Ops
 from .network import Network
 
+if TYPE_CHECKING:
+    from .distributed import Communicator
 
-def data_magnitudes(ops: Any, Xd: Any, Yd: Any) -> Any:
+
+def data_magnitudes(ops: Ops, Xd: Array, Yd: Array) -> Array:
     """[max |x|, max |y|] over the training data, as a float64 device array (made once a fit)."""
-    xp = ops.xp
+    return ops.pack_scalars(ops.max_abs(Xd), ops.max_abs(Yd))
 
-    def max_abs(a: Any) -> Any:  # two reductions, no array-sized temporary
-        return xp.maximum(a.max(), -a.min()).astype(xp.float64)
 
-    return xp.stack([max_abs(Xd), max_abs(Yd)])
+def check_epoch(
+    net: Network, cost: Array, Xd: Array, Yd: Array, data_max: Array,
+    comm: Communicator | None,
+) -> tuple[float, str | None]:
+    """The epoch's summed cost (``cost``, read back with what the check needs), and what went
+    wrong when the epoch diverged: None when it did not."""
+    loss_sum, params_finite, magnitudes = read_back(net.backend, cost, net, data_max)
+    if not (math.isfinite(loss_sum) and params_finite):
+        return loss_sum, "the loss or the weights became NaN or infinite"
+    if cost_overflows(net, Xd, Yd, magnitudes, comm):
+        return loss_sum, (
+            "the weights grew so large that the network's outputs overflow "
+            f"{net.dtype.name}: its cost on the training data is infinite"
+        )
+    return loss_sum, None
 
 
 def read_back(
-    ops: Any, cost: Any, net: Network, data_max: Any
+    ops: Ops, cost: Array, net: Network, data_max: Array
 ) -> tuple[float, bool, dict[str, Any]]:
     """The epoch's summed cost, whether every weight is finite, and the magnitudes that
     :func:`cost_bound` needs: ‖W^(l)‖_∞ = max_i Σ_j |w_ij| and max |b^(l)| per layer,
     max |x| and max |y| (``data_max``). One host transfer of 4 + 2L numbers."""
-    xp = ops.xp
-    f64 = xp.float64
-    row_sums = [xp.abs(W).sum(axis=1, dtype=f64).max() for W in net.weights]
-    bias_max = [xp.abs(b).max().astype(f64) for b in net.biases]
-    finite = ops.all_finite(net.params).astype(f64)
-    values = ops.to_host(xp.stack([cost.astype(f64), finite, *data_max, *row_sums, *bias_max]))
+    row_sums = [ops.infinity_norm(W) for W in net.weights]
+    bias_max = [ops.max_abs(b) for b in net.biases]
+    finite = ops.all_finite(net.params)
+    values = ops.to_host(ops.pack_scalars(cost, finite, *data_max, *row_sums, *bias_max))
     loss_sum, finite, x_max, y_max, *rest = values.tolist()
     L = net.n_layers
     magnitudes = {"x": x_max, "y": y_max, "W": rest[:L], "b": rest[L:]}
@@ -91,7 +105,7 @@ def _times(a: float, b: float) -> float:
 
 
 def cost_overflows(
-    net: Network, Xd: Any, Yd: Any, magnitudes: dict[str, Any], comm: Any
+    net: Network, Xd: Array, Yd: Array, magnitudes: dict[str, Any], comm: Communicator | None
 ) -> bool:
     """Whether the network's weights, finite as they are, give an infinite cost on (Xd, Yd).
 

@@ -5,9 +5,8 @@ settings and state, the epoch reached, the seed that orders the batches (with th
 random state a resumed run needs), caller-supplied arrays (such as the data scaler) and metadata
 (gpunn version, backend and dtype it was trained with).
 
-Writing is atomic: the archive goes to a temporary file in the target's folder (an unnamed one
-where the system supports it, so that even a killed process leaves nothing behind), is flushed to
-disk, and is then renamed over the target, so a crash mid-write leaves the previous file whole.
+Writing is atomic (:func:`gpunn.files.atomic_write`): a crash mid-write leaves the previous file
+whole.
 
 Reading trusts nothing in the file. It never unpickles: the archive is opened with
 :mod:`zipfile` and each member's ``.npy`` header is parsed (a literal, never code). The metadata is
@@ -19,7 +18,6 @@ allocating them. A corrupt, truncated or hostile file raises :class:`ModelFileEr
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import math
@@ -27,6 +25,7 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ import numpy.lib.format as npy_format
 
 from . import validation
 from .errors import GpunnError, InputError, InputTypeError, ModelFileError
+from .files import as_path, atomic_write
 
 if TYPE_CHECKING:
     from .backend import Ops
@@ -49,13 +49,17 @@ OPTIMIZER_PREFIX = "optimizer_"
 CONFIG_KEYS = ("sizes", "activation", "output", "loss", "init", "dtype", "seed")
 
 MAX_META_BYTES = 1 << 20  # the JSON metadata of any real model is a few hundred bytes
+MAX_META_DEPTH = 64  # levels of nesting in the JSON metadata
 MAX_MEMBERS = 10_000
 MAX_HEADER_BYTES = 10_000  # of one .npy header (NumPy's own limit for untrusted files)
-DEFLATE_RATIO_LIMIT = 64  # a compressed member may expand at most this much...
-DEFLATE_FREE_BYTES = 16 << 20  # ...once it is larger than this (zip-bomb guard)
+NPY_HEADER_ROOM = 12 + MAX_HEADER_BYTES  # a member's bytes before its data: magic to header
+MAX_EXTRA_BYTES = 64 << 20  # the caller's arrays together (a data scaler takes a few KiB)
+MAX_STATE_COPIES = 2  # arrays of one value per parameter an optimizer keeps (Adam: m and v)
+MAX_ITEMSIZE = 16  # bytes of the widest floating-point type a member may hold
+DEFLATE_RATIO_LIMIT = 64  # compressed members may expand at most this much together...
+DEFLATE_FREE_BYTES = 16 << 20  # ...once they expand to more than this (zip-bomb guard)
 _LAYER_KEY = re.compile(r"^([Wb])(\d+)$")
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
 
 @dataclass
 class Checkpoint:
@@ -84,125 +88,132 @@ class Checkpoint:
             ) from None
 
 
-# ---------------------------------------------------------------------------- writing
-def _as_path(path: Any, what: str = "path") -> Path:
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputTypeError(f"{what} must be a file path (str or Path), got {type(path).__name__}")
-    return Path(path)
+# ---------------------------------------------------------------------------- rules
+# What a model file may hold. Saving applies the same rules as loading, before anything is
+# written, so that whatever save writes, load reads back. A broken rule raises InputError or
+# InputTypeError; reading turns them into ModelFileError naming the file.
+def _label(key: str) -> str:
+    """How messages name the member ``key``: W0, extra array 'scaler_min', ..."""
+    if key.startswith(EXTRA_PREFIX):
+        return f"extra array {key[len(EXTRA_PREFIX):]!r}"
+    if key.startswith(OPTIMIZER_PREFIX):
+        return f"optimizer state {key[len(OPTIMIZER_PREFIX):]!r}"
+    return "the metadata" if key == META_KEY else key
 
 
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    The old file, if any, stays intact until the new one is complete on disk. On an error the
-    temporary file is removed and the error propagates (OSErrors as :class:`ModelFileError`).
-    Where the system offers unnamed temporary files (Linux ``O_TMPFILE``) the data is written to
-    one and given a name only once complete, so even a killed process leaves no stray file;
-    elsewhere, temporary files left by dead processes are removed by the next save.
-    """
-    target = _as_path(path)
-    directory = target.parent
-    if not directory.is_dir():
-        raise ModelFileError(f"cannot write {target}: the folder {directory} does not exist")
-    if target.is_dir():
-        raise ModelFileError(
-            f"cannot write {target}: it is a folder; name a file such as model.npz"
+def _check_plain_numbers(key: str, dtype: numpy.dtype) -> None:
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize == 0:
+        raise InputTypeError(
+            f"{_label(key)} has dtype {dtype}; a model file holds plain numbers only (object "
+            "arrays are refused: loading them would need unpickling)"
         )
-    _remove_stale_temporaries(directory, target.name)
-    tmp: Path | None = None
-    try:
-        fd = _open_unnamed(directory)
-        if fd is not None:
-            with os.fdopen(fd, "wb") as handle:
-                _write_all(handle, write)
-                tmp = _name_unnamed(handle.fileno(), directory, target.name)
-        if tmp is None:  # no unnamed files here: write a named temporary file instead
-            tmp = _temporary_name(directory, target.name)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            with os.fdopen(os.open(tmp, flags, 0o666), "wb") as handle:
-                _write_all(handle, write)
-        os.replace(tmp, target)
-        tmp = None
-        _fsync_directory(directory)
-    except OSError as exc:
-        raise ModelFileError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
-def _write_all(handle: Any, write: Any) -> None:
-    write(handle)
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def _name_unnamed(fd: int, directory: Path, name: str) -> Path | None:
-    """Link the complete unnamed file into ``directory`` under a temporary name (None if the
-    system refuses: the caller then writes a named temporary file)."""
-    tmp = _temporary_name(directory, name)
-    root = os.open("/", os.O_RDONLY)
-    try:  # a dir_fd makes os.link use linkat(AT_SYMLINK_FOLLOW), which /proc/self/fd needs
-        os.link(f"/proc/self/fd/{fd}", tmp, src_dir_fd=root, follow_symlinks=True)
-    except OSError:
-        return None
-    finally:
-        os.close(root)
-    return tmp
-
-
-def _open_unnamed(directory: Path) -> int | None:
-    """A descriptor of an unnamed file in ``directory`` (Linux O_TMPFILE), or None."""
-    flag = getattr(os, "O_TMPFILE", None)
-    if flag is None or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        return os.open(directory, flag | os.O_WRONLY, 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-            return None  # the file system does not support it: use a named temporary file
-        raise
-
-
-def _temporary_name(directory: Path, name: str) -> Path:
-    return directory / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-
-
-def _remove_stale_temporaries(directory: Path, name: str) -> None:
-    """Delete ``.<name>.<pid>.<random>.tmp`` files whose writing process no longer exists."""
-    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp$")
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid():
+def _check_nesting(value: Any) -> None:
+    """JSON data nested at most MAX_META_DEPTH levels deep (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list, tuple)):
             continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            Path(entry.path).unlink(missing_ok=True)
-        except (OSError, OverflowError):
-            continue  # alive (another user's) or not ours to judge
+        if depth > MAX_META_DEPTH:
+            raise InputError(
+                f"the metadata is nested more than {MAX_META_DEPTH} levels deep; keep it flatter"
+            )
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (where directories can be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
+def _check_sizes(
+    sizes: dict[str, int], header_room: int, layout: _Layout | None = None
+) -> None:
+    """How much a model file may hold. ``sizes`` gives the bytes of each member (the data's when
+    saving; when loading, each member as the zip directory declares it, with up to
+    ``header_room`` bytes of .npy header); ``layout``, once known, bounds the weights and the
+    optimizer state by what the network needs."""
+    if len(sizes) > MAX_MEMBERS:
+        raise InputError(f"there are {len(sizes)} arrays; a model file holds at most {MAX_MEMBERS}")
+    meta = sizes.get(META_KEY, 0)
+    if meta > MAX_META_BYTES + header_room:
+        raise InputError(
+            f"the metadata takes {meta} bytes; a model file holds at most {MAX_META_BYTES} "
+            "bytes of it (pass large data as arrays instead)"
+        )
+    extras = [n for key, n in sizes.items() if key.startswith(EXTRA_PREFIX)]
+    if sum(extras) > MAX_EXTRA_BYTES + header_room * len(extras):
+        raise InputError(
+            f"the extra arrays take {sum(extras)} bytes together; a model file holds at most "
+            f"{MAX_EXTRA_BYTES >> 20} MiB of them"
+        )
+    if layout is None:
         return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    params = [n for key, n in sizes.items() if key != META_KEY and not key.startswith(EXTRA_PREFIX)]
+    limit = layout.max_param_bytes + header_room * len(params)
+    if sum(params) > limit:
+        raise InputError(
+            f"the weights and optimizer state take {sum(params)} bytes, more than a network of "
+            f"{layout.n_params} parameters can need ({limit})"
+        )
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What the model file of one network holds: the shape of every W and b, and the dtype the
+    network computes in (weights and optimizer state are cast to it when loaded)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtype: numpy.dtype
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> _Layout:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer, (n_in, n_out) in enumerate(itertools.pairwise(config["sizes"])):
+            shapes[f"W{layer}"], shapes[f"b{layer}"] = (n_out, n_in), (n_out,)
+        return cls(shapes, numpy.dtype(config["dtype"]))
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
+    @property
+    def max_param_bytes(self) -> int:
+        """The most bytes the weights and an optimizer's state can take, in any float type."""
+        return (1 + MAX_STATE_COPIES) * self.n_params * MAX_ITEMSIZE
+
+    def check_header(self, key: str, shape: tuple[int, ...], dtype: numpy.dtype) -> None:
+        """An array ``key`` of ``shape`` and ``dtype`` belongs in this network's model file."""
+        _check_plain_numbers(key, dtype)
+        if key in self.shapes:
+            if shape != self.shapes[key]:
+                raise InputError(
+                    f"{key} has shape {shape}, but the network it describes needs "
+                    f"{self.shapes[key]}"
+                )
+            if dtype.kind != "f":
+                raise InputTypeError(f"{key} has dtype {dtype}, not floating point")
+        elif key.startswith(OPTIMIZER_PREFIX):
+            if shape not in ((self.n_params,), ()):
+                raise InputError(
+                    f"{_label(key)} has shape {shape}; the network has {self.n_params} parameters"
+                )
+        elif not key.startswith(EXTRA_PREFIX):
+            what = "a layer the network does not have" if _LAYER_KEY.match(key) else "unknown"
+            raise InputError(f"the array {key!r} is not part of a gpunn model file ({what})")
+
+    def check_values(self, key: str, array: numpy.ndarray) -> None:
+        """Finite values; the weights and optimizer state also within the network's dtype."""
+        if array.dtype.kind != "f":
+            return
+        if not numpy.isfinite(array).all():
+            raise InputError(f"{_label(key)} holds NaN or infinite values")
+        if not key.startswith(EXTRA_PREFIX):
+            validation.check_values(
+                _label(key), numpy.atleast_1d(array), self.dtype,
+                remedy="only a network with dtype='float64' can hold them",
+            )
+
+
+# ---------------------------------------------------------------------------- writing
 def save_network(
     net: Network,
     path: str | os.PathLike[str],
@@ -214,67 +225,92 @@ def save_network(
 ) -> None:
     """Write ``net`` (and its last optimizer, if it has trained) to ``path`` atomically.
 
-    Everything is checked before the file is touched: extra arrays must hold real numbers,
-    metadata must be JSON, and the weights must be finite.
+    Everything is checked by the rules :func:`load` applies before the file is touched: extra
+    arrays must hold finite real numbers, metadata must be JSON of bounded size and nesting,
+    and the weights must be finite.
     """
     from . import __version__
 
-    target = _as_path(path)
+    target = as_path(path)
     opt = net.optimizer
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputTypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     meta = {
         "format_version": FORMAT_VERSION,
         "gpunn_version": __version__,
         "config": net.config(),
         "backend": net.backend.name,
-        "epoch": validation.check_positive_int("epoch", epoch, 0) if epoch is not None else 0,
-        "fit_seed": validation.check_positive_int(
-            "fit_seed", net.seed if fit_seed is None else fit_seed, 0
+        "epoch": validation.check_int("epoch", epoch, minimum=0) if epoch is not None else 0,
+        "fit_seed": validation.check_int(
+            "fit_seed", net.seed if fit_seed is None else fit_seed, minimum=0
         ),
         "optimizer": opt.config() if opt is not None else None,
         "metadata": metadata or {},
     }
-    if not isinstance(meta["metadata"], dict):
-        raise InputTypeError(f"metadata must be a dict, got {type(metadata).__name__}")
-    try:
-        text = json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputTypeError(
-            f"metadata must be plain JSON data (str, numbers, lists, dicts): {exc}"
-        ) from None
-    payload: dict[str, numpy.ndarray] = {
-        META_KEY: numpy.frombuffer(text.encode(), dtype=numpy.uint8),
-    }
+    payload = {META_KEY: numpy.frombuffer(_meta_json(meta), dtype=numpy.uint8)}
     for layer, (W, b) in enumerate(net.get_params()):
-        if not (numpy.isfinite(W).all() and numpy.isfinite(b).all()):
-            raise InputError(
-                f"the network's layer {layer + 1} holds NaN or infinite weights; not saving it"
-            )
         payload[f"W{layer}"], payload[f"b{layer}"] = W, b
     if opt is not None:
         for key, value in opt.state_arrays(net.backend).items():
             payload[OPTIMIZER_PREFIX + key] = numpy.asarray(value)
-    for key, value in (arrays or {}).items():
+    payload.update(_extra_arrays(arrays))
+    layout = _Layout.of(meta["config"])
+    for key, array in payload.items():
+        if key != META_KEY:
+            layout.check_header(key, array.shape, array.dtype)
+            layout.check_values(key, array)
+    _check_sizes({key: array.nbytes for key, array in payload.items()}, 0, layout)
+    atomic_write(target, lambda handle: numpy.savez(handle, **payload), error=ModelFileError)
+
+
+def _meta_json(meta: dict[str, Any]) -> bytes:
+    """The metadata as UTF-8 JSON, refused (InputError) where load would refuse it."""
+    _check_nesting(meta)
+    try:
+        return json.dumps(meta, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(
+            f"metadata must be plain JSON data (str, numbers, lists, dicts): {exc}"
+        ) from None
+
+
+def _extra_arrays(arrays: Any) -> dict[str, numpy.ndarray]:
+    """The caller's ``arrays`` as NumPy arrays under their member names."""
+    if arrays is None:
+        return {}
+    if not isinstance(arrays, Mapping):
+        raise InputTypeError(
+            f"arrays must be a dict of names to arrays, such as {{'scaler_min': lo}}, got "
+            f"{type(arrays).__name__}"
+        )
+    members = {}
+    for key, value in arrays.items():
         if not isinstance(key, str) or not _KEY.match(key):
             raise InputError(f"extra array name {key!r} must be letters, digits, '_', '.' or '-'")
-        array = numpy.asarray(value)
-        if array.dtype.kind not in "biuf":
-            raise InputTypeError(
-                f"extra array {key!r} has dtype {array.dtype}; model files hold numbers only"
-            )
-        payload[EXTRA_PREFIX + key] = array
-    atomic_write(target, lambda handle: numpy.savez(handle, **payload))
+        array = validation._host_view(value, f"extra array {key!r}")
+        members[EXTRA_PREFIX + key] = validation._to_numpy(array)  # a host copy of a GPU array
+    return members
 
 
 # ---------------------------------------------------------------------------- reading
+def check_model_path(path: Path) -> None:
+    """Refuse a path that names no regular file: missing, a folder, a device, pipe or socket."""
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a gpunn model file")
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path} is not a regular file (a device, pipe or socket); name a gpunn model file"
+        )
+
+
 def read_model_file(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
     """The metadata and every array of a model file, checked before any array data is read."""
-    path = _as_path(path)
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder, not a gpunn model file")
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+    path = as_path(path)
+    check_model_path(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
@@ -297,6 +333,10 @@ def read_model_file(
     try:
         with zipfile.ZipFile(path) as archive:
             return _read_archive(path, archive, size)
+    except ModelFileError:
+        raise
+    except (InputError, InputTypeError) as exc:  # a rule of model files is broken
+        raise ModelFileError(f"{path}: {exc}") from None
     except GpunnError:
         raise
     except (
@@ -312,11 +352,32 @@ def read_model_file(
 def _read_archive(
     path: Path, archive: zipfile.ZipFile, size: int
 ) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
-    infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise ModelFileError(f"{path} has {len(infos)} members; a gpunn model file has a few")
+    members = _members(path, archive, size)
+    declared = {key: info.file_size for key, info in members.items()}
+    meta = _check_meta(path, _read_meta(path, archive, members.pop(META_KEY)))
+    layout = _Layout.of(meta["config"])
+    _check_sizes(declared, NPY_HEADER_ROOM, layout)  # before any other member is decompressed
+
+    headers = {}
+    for key, info in members.items():  # every header is checked before any data is read
+        header = _read_header(path, archive, info)
+        layout.check_header(key, header[0], header[2])
+        headers[key] = header
+    missing = [key for key in layout.shapes if key not in members]
+    if missing:
+        raise ModelFileError(f"{path} lacks the array(s) {', '.join(map(repr, missing))}")
+
+    arrays = {key: _read_data(path, archive, members[key], *headers[key]) for key in members}
+    for key, array in arrays.items():
+        layout.check_values(key, array)
+    return meta, arrays
+
+
+def _members(path: Path, archive: zipfile.ZipFile, size: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by key, checked from its zip directory alone: nothing is
+    decompressed, and what they declare to expand to is bounded."""
     members: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
+    for info in archive.infolist():
         name = info.filename
         if not name.endswith(".npy") or info.is_dir() or not _KEY.match(name[:-4]):
             raise ModelFileError(f"{path} holds an unexpected member {name!r}")
@@ -326,58 +387,21 @@ def _read_archive(
             raise ModelFileError(f"{path}: member {name!r} uses an unsupported compression")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise ModelFileError(f"{path}: member {name!r} has inconsistent sizes (corrupt)")
-        if (
-            info.file_size > DEFLATE_FREE_BYTES
-            and info.file_size > DEFLATE_RATIO_LIMIT * max(info.compress_size, 1)
-        ):
-            raise ModelFileError(
-                f"{path}: member {name!r} claims to expand from {info.compress_size} to "
-                f"{info.file_size} bytes; refusing it (a zip bomb?)"
-            )
         members[name[:-4]] = info
-    if sum(info.compress_size for info in infos) > size:
+    if sum(info.compress_size for info in members.values()) > size:
         raise ModelFileError(f"{path}: its members claim more bytes than the file has (corrupt)")
+    deflated = [info for info in members.values() if info.compress_type == zipfile.ZIP_DEFLATED]
+    packed = sum(info.compress_size for info in deflated)
+    expanded = sum(info.file_size for info in deflated)
+    if expanded > DEFLATE_FREE_BYTES and expanded > DEFLATE_RATIO_LIMIT * max(packed, 1):
+        raise ModelFileError(
+            f"{path}: its compressed members claim to expand from {packed} to {expanded} bytes; "
+            "refusing it (a zip bomb?)"
+        )
+    _check_sizes({key: info.file_size for key, info in members.items()}, NPY_HEADER_ROOM)
     if META_KEY not in members:
         raise ModelFileError(f"{path} has no gpunn metadata: it was not written by gpunn")
-
-    meta = _check_meta(path, _read_meta(path, archive, members.pop(META_KEY)))
-    sizes = meta["config"]["sizes"]
-    expected: dict[str, tuple[int, ...]] = {}
-    for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        expected[f"W{layer}"], expected[f"b{layer}"] = (n_out, n_in), (n_out,)
-    n_params = sum(math.prod(shape) for shape in expected.values())
-
-    headers = {}
-    for key, info in members.items():  # every header is checked before any data is read
-        header = _read_header(path, archive, info)
-        shape, dtype = header[0], header[2]
-        if key in expected:
-            if shape != expected[key]:
-                raise ModelFileError(
-                    f"{path}: {key} has shape {shape}, but the network it describes needs "
-                    f"{expected[key]}"
-                )
-            if dtype.kind != "f":
-                raise ModelFileError(f"{path}: {key} has dtype {dtype}, not floating point")
-        elif key.startswith(OPTIMIZER_PREFIX):
-            if shape not in ((n_params,), ()):
-                raise ModelFileError(
-                    f"{path}: optimizer state {key[len(OPTIMIZER_PREFIX):]!r} has shape {shape}; "
-                    f"the network has {n_params} parameters"
-                )
-        elif not key.startswith(EXTRA_PREFIX):
-            what = "a layer the network does not have" if _LAYER_KEY.match(key) else "unknown"
-            raise ModelFileError(f"{path} holds an array {key!r} ({what})")
-        headers[key] = header
-    missing = [key for key in expected if key not in members]
-    if missing:
-        raise ModelFileError(f"{path} lacks the array(s) {', '.join(map(repr, missing))}")
-
-    arrays = {key: _read_data(path, archive, members[key], *headers[key]) for key in members}
-    for key, array in arrays.items():
-        if array.dtype.kind == "f" and not numpy.isfinite(array).all():
-            raise ModelFileError(f"{path}: {key} holds NaN or infinite values")
-    return meta, arrays
+    return members
 
 
 def _read_meta(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
@@ -386,9 +410,11 @@ def _read_meta(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> A
         raise ModelFileError(f"{path} has malformed gpunn metadata (dtype {dtype}, shape {shape})")
     raw = _read_data(path, archive, info, shape, fortran, dtype, offset).tobytes()
     try:
-        return json.loads(raw.decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{path} has unreadable gpunn metadata (bad JSON): {exc}") from None
+    _check_nesting(meta)
+    return meta
 
 
 def _check_meta(path: Path, meta: Any) -> dict[str, Any]:
@@ -423,10 +449,10 @@ def _check_meta(path: Path, meta: Any) -> dict[str, Any]:
         ):
             config[key] = validation.check_choice(key, config[key], choices)
         config["dtype"] = validation.check_dtype(config["dtype"]).name
-        config["seed"] = validation.check_positive_int("seed", config["seed"], 0)
+        config["seed"] = validation.check_int("seed", config["seed"], minimum=0)
         for key in ("epoch", "fit_seed"):
             if key in meta:
-                meta[key] = validation.check_positive_int(key, meta[key], 0)
+                meta[key] = validation.check_int(key, meta[key], minimum=0)
     except GpunnError as exc:
         raise ModelFileError(f"{path} has an invalid network config: {exc}") from None
     optimizer = meta.get("optimizer")
@@ -459,11 +485,7 @@ def _read_header(
         else:
             raise ModelFileError(f"{path}: member {name!r} has unsupported .npy version {version}")
         offset = handle.tell()
-    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize == 0:
-        raise ModelFileError(
-            f"{path}: member {name!r} has dtype {dtype}; a model file holds plain numbers only "
-            "(object arrays are refused: loading them would need unpickling)"
-        )
+    _check_plain_numbers(name[:-4], dtype)
     if any(n < 0 for n in shape):
         raise ModelFileError(f"{path}: member {name!r} declares an invalid shape {shape}")
     nbytes = math.prod(shape) * dtype.itemsize
@@ -507,7 +529,7 @@ def load(path: str | os.PathLike[str], backend: str | Ops = "auto") -> Network:
     from .backend import get_backend
     from .network import Network
 
-    path = _as_path(path)
+    path = as_path(path)
     ops = get_backend(backend)  # the caller's argument: its errors are the caller's
     meta, arrays = read_model_file(path)
     config = meta["config"]

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,7 @@ import numpy
 from . import validation
 from .backend import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS, Array, Ops, get_backend
 from .backend.cuda import array_module
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, NumericalError
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -41,7 +44,14 @@ if TYPE_CHECKING:
 INITS = ("normal", "glorot", "he")
 PREDICT_CHUNK = 4096  # rows per forward pass in predict/evaluate/loss: bounds device memory
 MAX_WORKSPACES = 3  # batch sizes whose buffers a network keeps (training, evaluation, ...)
+_OVERFLOW_REMEDY = "Scale the inputs (or the weights) down, or use dtype='float64'"
 _serials = itertools.count()
+
+
+def quiet_floating_point() -> numpy.errstate:
+    """NumPy's overflow and invalid-value warnings off: where results may overflow, gpunn
+    checks them and says so once, in its own words."""
+    return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 @dataclass
@@ -102,18 +112,6 @@ class Workspace:
         return view
 
 
-@dataclass
-class EpochOrder:
-    """Where the batches of an epoch come from, for steps a backend records and replays:
-    ``index`` holds the order of the epoch's n samples and the 0-d ``cursor`` the position of
-    the next batch in it. Each step gathers its batch at the cursor and advances it, so one
-    recording serves every batch of its size."""
-
-    index: Array
-    cursor: Array
-    unshuffled: bool = False  # index holds 0, 1, ..., n−1 already: nothing to copy
-
-
 class Network:
     """A feedforward network a^(l) = σ(W^(l) a^(l-1) + b^(l)) with its cost and gradients.
 
@@ -159,20 +157,19 @@ class Network:
             )
         self.init = validation.check_choice("init", init, INITS)
         self.dtype = validation.check_dtype(dtype)
-        self.seed = validation.check_positive_int("seed", seed, minimum=0)
+        self.seed = validation.check_int("seed", seed, minimum=0)
         self.backend: Ops = get_backend(backend)
 
         shapes = [(n_out, n_in) for n_in, n_out in itertools.pairwise(self.sizes)]
         self.n_params = sum(n_out * n_in + n_out for n_out, n_in in shapes)
         nbytes = 2 * self.n_params * numpy.dtype(self.dtype).itemsize
+        _check_fits_in_memory(self.sizes, self.n_params, self.dtype, nbytes)
         with self.backend.memory_guard("allocating the weights and gradients", None, nbytes):
             self.params = self.backend.zeros(self.n_params, self.dtype)
             self.grads = self.backend.zeros(self.n_params, self.dtype)
         self.weights, self.biases = _layer_views(self.params, shapes)
         self.weight_grads, self.bias_grads = _layer_views(self.grads, shapes)
         self._workspaces: dict[int, Workspace] = {}
-        self._epoch_order: EpochOrder | None = None
-        self.epoch_cost = self.backend.zeros((), self.dtype)  # Σ cost over an epoch, on device
         self.optimizer: Optimizer | None = None  # the last fit's, with its state, for checkpoints
         self.checkpoint: Checkpoint | None = None  # what gpunn.load read besides the weights
         self.set_params(initial_params(self.sizes, self.init, self.seed))
@@ -192,7 +189,7 @@ class Network:
     def set_params(self, params: Sequence[tuple[Any, Any]]) -> None:
         """Copy [(W, b), ...] (host or device arrays) into the network's parameters."""
         shapes = [(W.shape, b.shape) for W, b in zip(self.weights, self.biases, strict=True)]
-        for l, (W, b) in enumerate(validation.check_params(params, shapes)):
+        for l, (W, b) in enumerate(validation.check_params(params, shapes, self.dtype)):
             self.weights[l][...] = self.backend.asarray(W, dtype=self.dtype)
             self.biases[l][...] = self.backend.asarray(b, dtype=self.dtype)
 
@@ -218,16 +215,6 @@ class Network:
             space = Workspace.allocate(self.backend, self.sizes, rows, self.dtype)
         self._workspaces[rows] = space
         return space
-
-    def epoch_order(self, n: int) -> EpochOrder:
-        """Device buffers for the order of an epoch of n samples, kept while n stays the same
-        (so that recorded steps keep pointing at them)."""
-        order = self._epoch_order
-        if order is None or order.index.shape[0] != n:
-            ops = self.backend
-            order = EpochOrder(index=ops.empty((n,), "int64"), cursor=ops.zeros((), "int64"))
-            self._epoch_order = order
-        return order
 
     def feedforward(self, X: Array, ws: Workspace) -> Array:
         """a^(l) = σ(W^(l) a^(l-1) + b^(l)) for l = 1..L; returns a^(L) (in ``ws``)."""
@@ -297,7 +284,7 @@ class Network:
             )
         return self.backend.asarray(value, dtype=dtype)
 
-    def _chunks(self, X: Array):
+    def _chunks(self, X: Array) -> Iterator[tuple[slice, Workspace, Array]]:
         """(rows, workspace, a^(L)) for X in chunks of at most PREDICT_CHUNK rows."""
         n = X.shape[0]
         for start in range(0, n, PREDICT_CHUNK):
@@ -307,22 +294,47 @@ class Network:
 
     # ------------------------------------------------------------------ public API
     def predict(self, X: Any) -> numpy.ndarray:
-        """The network's outputs a^(L) for each row of X, as a NumPy array (n, n_out)."""
+        """The network's outputs a^(L) for each row of X, as a NumPy array (n, n_out).
+
+        Outputs that overflow the network's dtype come back as they are (infinite or NaN),
+        with a RuntimeWarning that says so.
+        """
         Xd = self.device_inputs(X)
         out = self.backend.empty((Xd.shape[0], self.sizes[-1]), self.dtype)
-        for rows, _, A in self._chunks(Xd):
-            out[rows] = A
-        return self.backend.to_host(out)
+        with quiet_floating_point():
+            for rows, _, A in self._chunks(Xd):
+                out[rows] = A
+        host = self.backend.to_host(out)
+        overflowed = int(numpy.count_nonzero(~numpy.isfinite(host).all(axis=1)))
+        if overflowed:
+            warnings.warn(
+                f"gpunn: the network's outputs for {overflowed} of the {host.shape[0]} rows of "
+                f"X are NaN or infinite: they overflow {self.dtype.name}. {_OVERFLOW_REMEDY}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return host
 
     def loss(self, X: Any, Y: Any) -> float:
         """The cost C on (X, Y), averaged over the samples."""
         return self.evaluate(X, Y)["loss"]
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
-        """``{"loss": C, "accuracy": fraction of rows whose largest output is the target's}``."""
+        """``{"loss": C, "accuracy": fraction of rows whose largest output is the target's}``.
+
+        Raises :class:`~gpunn.errors.NumericalError` when the cost overflows the network's
+        dtype (it would be NaN or infinite).
+        """
         Xd = self.device_inputs(X)
         Yd = self.device_targets(Y, Xd.shape[0])
-        return self.evaluate_device(Xd, Yd)
+        with quiet_floating_point():
+            metrics = self.evaluate_device(Xd, Yd)
+        if not math.isfinite(metrics["loss"]):
+            raise NumericalError(
+                f"the network's cost on these {Xd.shape[0]} samples is {metrics['loss']}: its "
+                f"outputs or the cost overflow {self.dtype.name}. {_OVERFLOW_REMEDY}"
+            )
+        return metrics
 
     def evaluate_device(self, Xd: Array, Yd: Array) -> dict[str, float]:
         """:meth:`evaluate` for data already checked and on the device; one read-back."""
@@ -335,26 +347,33 @@ class Network:
 
         With one output unit, a row counts as right when a ≥ 0.5 matches y ≥ 0.5.
         """
-        xp = self.backend.xp
-        cost = xp.zeros((), dtype=self.dtype)
-        correct = xp.zeros((), dtype=xp.int64)
+        ops = self.backend
+        cost = ops.zeros((), self.dtype)
+        correct = ops.zeros((), "int64")
         for rows, ws, A in self._chunks(Xd):
-            Y = Yd[rows]
-            self.add_cost(Y, ws, cost)
-            if A.shape[1] == 1:
-                correct += xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
-            else:
-                correct += xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
-        return xp.stack([cost.astype(xp.float64), correct.astype(xp.float64)])
+            self.add_cost(Yd[rows], ws, cost)
+            correct += ops.count_correct(A, Yd[rows])
+        return ops.pack_scalars(cost, correct)
 
     def gradients(self, X: Any, Y: Any) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
-        """Host copies [(∂C/∂W, ∂C/∂b), ...] of :meth:`loss` on (X, Y): one batch of all rows."""
+        """Host copies [(∂C/∂W, ∂C/∂b), ...] of :meth:`loss` on (X, Y): one batch of all rows.
+
+        Raises :class:`~gpunn.errors.NumericalError` when a gradient overflows the network's
+        dtype (it would be NaN or infinite).
+        """
         Xd = self.device_inputs(X)
         Yd = self.device_targets(Y, Xd.shape[0])
         ws = self.workspace(Xd.shape[0])
-        self.feedforward(Xd, ws)
-        self.backprop(Xd, Yd, ws, scale=1.0 / Xd.shape[0])
+        with quiet_floating_point():
+            self.feedforward(Xd, ws)
+            self.backprop(Xd, Yd, ws, scale=1.0 / Xd.shape[0])
         host = self.backend.to_host(self.grads)
+        if not numpy.isfinite(host).all():
+            raise NumericalError(
+                f"the gradients of the network's cost on these {Xd.shape[0]} samples are NaN "
+                f"or infinite: its outputs, cost or gradients overflow {self.dtype.name}. "
+                f"{_OVERFLOW_REMEDY}"
+            )
         dW, db = _layer_views(host, [w.shape for w in self.weights])
         return list(zip(dW, db, strict=True))
 
@@ -400,6 +419,34 @@ def _layer_views(flat: Array, shapes: Sequence[tuple[int, int]]) -> tuple[list[A
         biases.append(flat[offset : offset + n_out])
         offset += n_out
     return weights, biases
+
+
+def _check_fits_in_memory(
+    sizes: Sequence[int], n_params: int, dtype: numpy.dtype, nbytes: int
+) -> None:
+    """Refuse, before allocating anything, a network whose weights and gradients (``nbytes``)
+    alone exceed this machine's memory: its initial weights are drawn on the host whatever
+    the backend, in float64."""
+    memory = _host_memory_bytes()
+    if nbytes > memory:
+        raise InputError(
+            f"sizes {list(sizes)} make a network of {n_params:,} parameters, whose weights and "
+            f"gradients take {_gib(nbytes)} in {dtype.name}, more than this machine's "
+            f"{_gib(memory)} of memory; use smaller layers"
+        )
+
+
+def _host_memory_bytes() -> int:
+    """The machine's physical memory; where the system does not say, the largest size an
+    array may have."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return sys.maxsize
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 def initial_params(

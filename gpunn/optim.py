@@ -13,7 +13,6 @@ multiplied; :func:`gpunn.train.fit` applies it before each epoch.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,16 +46,6 @@ __all__ = [
 ]
 
 
-def _check_fraction(name: str, value: Any) -> float:
-    """A number in [0, 1): a momentum or an exponential decay rate."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number in [0, 1), got {value!r}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:  # also false for NaN
-        raise InputError(f"{name} must lie in [0, 1), got {value}")
-    return value
-
-
 @dataclass
 class Snapshot:
     """An optimizer's state at one moment, on the device: the step count and copies of its
@@ -74,10 +63,12 @@ class Optimizer:
     default_lr = 0.1
 
     def __init__(self, lr: float | None = None, weight_decay: float = 0.0) -> None:
-        self.lr = validation.check_positive_float("lr", self.default_lr if lr is None else lr)
+        self.lr = validation.check_float(
+            "lr", self.default_lr if lr is None else lr, minimum=0.0, inclusive=False
+        )
         self.base_lr = self.lr
-        self.weight_decay = validation.check_positive_float(
-            "weight_decay", weight_decay, allow_zero=True
+        self.weight_decay = validation.check_float(
+            "weight_decay", weight_decay, minimum=0.0, inclusive=True
         )
         self.steps = 0
 
@@ -249,24 +240,17 @@ class _Stateful(Optimizer):
 
 
 class Momentum(_Stateful):
-    """v ← μv + g;  θ ← θ − ηv (classical momentum), or θ ← θ − η(g + μv) (Nesterov),
-    with g = ∇C + λθ."""
+    """Classical momentum: v ← μv + g;  θ ← θ − ηv,  with g = ∇C + λθ."""
 
     name = "momentum"
+    nesterov = False  # θ ← θ − η(g + μv) instead (:class:`Nesterov`)
     state_names = ("velocity",)
 
     def __init__(
-        self,
-        lr: float | None = None,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
+        self, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 0.0
     ) -> None:
         super().__init__(lr, weight_decay)
-        self.momentum = _check_fraction("momentum", momentum)
-        self.nesterov = bool(nesterov)
-        if self.nesterov:
-            self.name = "nesterov"
+        self.momentum = validation.check_fraction("momentum", momentum)
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
         (velocity,) = self.buffers(ops, params)
@@ -286,12 +270,10 @@ class Momentum(_Stateful):
 
 
 class Nesterov(Momentum):
-    """Nesterov momentum: v ← μv + g;  θ ← θ − η(g + μv)."""
+    """Nesterov momentum: v ← μv + g;  θ ← θ − η(g + μv),  with g = ∇C + λθ."""
 
-    def __init__(
-        self, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 0.0
-    ) -> None:
-        super().__init__(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    name = "nesterov"
+    nesterov = True
 
 
 class Adam(_Stateful):
@@ -314,9 +296,9 @@ class Adam(_Stateful):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(lr, weight_decay)
-        self.beta1 = _check_fraction("beta1", beta1)
-        self.beta2 = _check_fraction("beta2", beta2)
-        self.eps = validation.check_positive_float("eps", eps)
+        self.beta1 = validation.check_fraction("beta1", beta1)
+        self.beta2 = validation.check_fraction("beta2", beta2)
+        self.eps = validation.check_float("eps", eps, minimum=0.0, inclusive=False)
         self._counter: Array | None = None
 
     def update(self, ops: Ops, params: Array, grads: Array) -> None:
@@ -360,6 +342,9 @@ class Adam(_Stateful):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
 
+_CLASSES: dict[str, type[Optimizer]] = {
+    "sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam
+}
 _OPTIONS = {
     "sgd": ("weight_decay",),
     "momentum": ("momentum", "weight_decay"),
@@ -373,17 +358,18 @@ def make_optimizer(
 ) -> Optimizer:
     """An optimizer from a name (sgd, momentum, nesterov, adam) or an instance.
 
-    ``lr``, when given, overrides the instance's learning rate; ``options`` are the named
-    optimizer's settings (momentum; beta1, beta2, eps; weight_decay for all).
+    ``lr`` and ``options`` (momentum; beta1, beta2, eps; weight_decay for all) are the named
+    optimizer's settings. An instance comes with its own: it is returned as it is, and giving
+    settings with it is refused rather than letting one of the two learning rates win.
     """
     if isinstance(optimizer, Optimizer):
-        if options:
+        given = (["lr"] if lr is not None else []) + sorted(options)
+        if given:
             raise InputError(
-                f"optimizer settings {sorted(options)} cannot be applied to an optimizer "
-                "instance; set them when creating it"
+                f"{', '.join(given)} cannot be given together with an optimizer instance "
+                f"({optimizer!r}), which has its own; set them when creating it, e.g. "
+                f"{type(optimizer).__name__}(lr=...), or pass the optimizer's name instead"
             )
-        if lr is not None:
-            optimizer.lr = optimizer.base_lr = validation.check_positive_float("lr", lr)
         return optimizer
     name = validation.check_choice("optimizer", optimizer or "sgd", OPTIMIZERS)
     unknown = sorted(set(options) - set(_OPTIONS[name]))
@@ -392,11 +378,7 @@ def make_optimizer(
             f"optimizer {name!r} has no setting {', '.join(map(repr, unknown))}; its settings "
             f"are {', '.join(map(repr, _OPTIONS[name]))}"
         )
-    if name == "sgd":
-        return SGD(lr, **options)
-    if name in ("momentum", "nesterov"):
-        return Momentum(lr, nesterov=name == "nesterov", **options)
-    return Adam(lr, **options)
+    return _CLASSES[name](lr, **options)
 
 
 def optimizer_from_config(config: Mapping[str, Any]) -> Optimizer:
@@ -440,11 +422,19 @@ class StepSchedule(Schedule):
     name = "step"
 
     def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
-        self.step_size = validation.check_positive_int("step_size", step_size)
-        self.gamma = validation.check_positive_float("gamma", gamma)
+        self.step_size = validation.check_int("step_size", step_size, minimum=1)
+        self.gamma = validation.check_float("gamma", gamma, minimum=0.0, inclusive=False)
 
     def __call__(self, epoch: int) -> float:
-        return self.gamma ** (int(epoch) // self.step_size)
+        drops = int(epoch) // self.step_size
+        try:
+            return self.gamma**drops
+        except OverflowError:
+            raise InputError(
+                f"the step schedule's learning-rate factor for epoch {epoch}, gamma^{drops} = "
+                f"{self.gamma:g}^{drops}, overflows the range of floats; a gamma above 1 raises "
+                "the rate at every step: use a gamma below 1, a larger step_size or fewer epochs"
+            ) from None
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
@@ -460,7 +450,7 @@ class CosineSchedule(Schedule):
     name = "cosine"
 
     def __init__(self, epochs: int) -> None:
-        self.epochs = validation.check_positive_int("epochs", epochs)
+        self.epochs = validation.check_int("epochs", epochs, minimum=1)
 
     def __call__(self, epoch: int) -> float:
         epoch = min(int(epoch), self.epochs - 1)

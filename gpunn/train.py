@@ -12,15 +12,24 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy
 
 from . import divergence, validation
+from .backend import Array, Ops
+from .distributed import Communicator, evaluate_distributed, verify_replicas
 from .errors import DivergenceError, InputError, InputTypeError
-from .network import Network, Workspace
-from .optim import Optimizer, make_optimizer, make_schedule
+from .network import Network, Workspace, quiet_floating_point
+from .optim import Optimizer, Snapshot, make_optimizer, make_schedule
+
+METRICS = ("epoch", "loss", "lr", "seconds", "samples_per_second")  # every epoch's record
+VALIDATION_METRICS = ("val_loss", "val_accuracy")  # in the record too, with validation_data
+# the metrics EarlyStopping can monitor, and whether a higher value is better
+_HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "loss": False}
 
 
 class History:
@@ -46,6 +55,11 @@ class History:
 class Callback:
     """Hooks called by :func:`fit`; return True from ``on_epoch_end`` to stop training."""
 
+    def check_metrics(self, metrics: Sequence[str]) -> None:
+        """Called before training starts, with the names of the metrics that every epoch's
+        record will hold (:data:`METRICS`, and :data:`VALIDATION_METRICS` when fit has
+        validation data); raise to refuse the run while the weights are untouched."""
+
     def on_train_begin(self, net: Network) -> None:
         """Called once before the first epoch."""
 
@@ -58,8 +72,13 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs, and
-    (with ``restore_best``) put back the weights of the best epoch."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs, and (with ``restore_best``) put back the weights of the best epoch.
+
+    monitor: ``"val_loss"`` or ``"val_accuracy"`` (both need ``validation_data``), or
+    ``"loss"``, the training loss. An accuracy improves when it rises, a loss when it falls.
+    Every fit starts afresh, so one EarlyStopping may serve several fits.
+    """
 
     def __init__(
         self,
@@ -68,23 +87,38 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ) -> None:
-        self.patience = validation.check_positive_int("patience", patience)
-        self.monitor = monitor
-        self.min_delta = min_delta
-        self.restore_best = restore_best
-        self.best = math.inf
-        self.best_params: list[Any] | None = None
+        self.patience = validation.check_int("patience", patience, minimum=1)
+        self.monitor = validation.check_choice("monitor", monitor, tuple(_HIGHER_IS_BETTER))
+        self.min_delta = validation.check_float("min_delta", min_delta, minimum=0.0,
+                                                inclusive=True)
+        self.restore_best = validation.check_bool("restore_best", restore_best)
+        self.higher_is_better = _HIGHER_IS_BETTER[self.monitor]
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self.best = -math.inf if self.higher_is_better else math.inf
+        self.best_params: list[tuple[numpy.ndarray, numpy.ndarray]] | None = None
         self.waited = 0
         self.stopped_epoch: int | None = None
 
-    def on_epoch_end(self, net: Network, record: dict[str, float]) -> bool:
-        value = record.get(self.monitor)
-        if value is None:
+    def check_metrics(self, metrics: Sequence[str]) -> None:
+        if self.monitor not in metrics:
             raise InputError(
-                f"early stopping monitors {self.monitor!r}, which fit does not report; "
-                f"pass validation_data or monitor one of {sorted(record)}"
+                f"early stopping monitors {self.monitor!r}, which fit reports only with "
+                "validation_data: pass validation_data, or monitor 'loss'"
             )
-        if value < self.best - self.min_delta:
+
+    def on_train_begin(self, net: Network) -> None:
+        self._start_afresh()
+
+    def _improves(self, value: float) -> bool:
+        if self.higher_is_better:
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, net: Network, record: dict[str, float]) -> bool:
+        value = record[self.monitor]
+        if self._improves(value):
             self.best, self.waited = value, 0
             if self.restore_best:
                 self.best_params = net.get_params()
@@ -125,7 +159,7 @@ def fit(
     schedule: str | Callable[[int], float] | None = None,
     initial_epoch: int = 0,
     total_epochs: int | None = None,
-    comm: Any = None,
+    comm: Communicator | None = None,
 ) -> History:
     """Train ``net`` on (X, Y) by mini-batch gradient descent; returns the per-epoch History.
 
@@ -134,9 +168,11 @@ def fit(
     epochs, batch_size, lr: the article's η and mini-batch size m; each step moves the
     parameters by −η times the gradient averaged over its batch (the last batch of an epoch
     may be smaller and is averaged over its own size).
-    optimizer: "sgd" (default), "momentum", "nesterov", "adam" or an :class:`Optimizer`.
+    optimizer: "sgd" (default), "momentum", "nesterov", "adam" or an :class:`Optimizer`,
+    which brings its own learning rate (giving ``lr`` as well is refused).
     shuffle, seed: each epoch's order is a permutation drawn on the device from ``seed``
     (default: the network's seed) and the epoch number; ``shuffle=False`` keeps the order.
+    callbacks: a list of :class:`Callback` objects or functions (net, record) → True to stop.
     schedule: "step", "cosine" or a function epoch → factor of the learning rate.
     initial_epoch, total_epochs: resume at that epoch (the order and schedule continue as if
     the run had not stopped); total_epochs is the length the schedule plans for.
@@ -144,97 +180,70 @@ def fit(
     every rank holds all of (X, Y) and the same network, takes its share of each mini-batch,
     and the gradients are summed across ranks before every update (see :func:`run_epoch`).
 
-    Divergence: after each epoch, fit raises :class:`~gpunn.errors.DivergenceError` when the
-    epoch's summed cost or a weight is NaN or infinite, or when the weights the epoch ends
-    with give an infinite cost on (X, Y) (see :mod:`gpunn.divergence`). The network then keeps
-    the weights, and the optimizer its state, from the start of that epoch.
+    Every option is checked before the first epoch (the schedule's factor for an epoch
+    before that epoch). Divergence: after each epoch, fit raises
+    :class:`~gpunn.errors.DivergenceError` when the epoch's summed cost or a weight is NaN or
+    infinite, or when the weights the epoch ends with give an infinite cost on (X, Y) (see
+    :mod:`gpunn.divergence`). The network then keeps the weights, and the optimizer its
+    state, from the start of that epoch.
     """
-    epochs = validation.check_positive_int("epochs", epochs)
-    batch_size = validation.check_positive_int("batch_size", batch_size)
-    initial_epoch = validation.check_positive_int("initial_epoch", initial_epoch, minimum=0)
+    epochs = validation.check_int("epochs", epochs, minimum=1)
+    batch_size = validation.check_int("batch_size", batch_size, minimum=1)
+    initial_epoch = validation.check_int("initial_epoch", initial_epoch, minimum=0)
     shuffle = validation.check_bool("shuffle", shuffle)
     progress = validation.check_bool("progress", progress)
-    seed = net.seed if seed is None else validation.check_positive_int("seed", seed, minimum=0)
+    seed = net.seed if seed is None else validation.check_int("seed", seed, minimum=0)
     if total_epochs is not None:
-        total_epochs = validation.check_positive_int("total_epochs", total_epochs)
+        total_epochs = validation.check_int("total_epochs", total_epochs, minimum=1)
+    hooks = _as_callbacks(callbacks)
+    group = _data_parallel_group(comm)
     opt = make_optimizer(optimizer, lr)
     plan = total_epochs if total_epochs is not None else initial_epoch + epochs
     lr_factor = make_schedule(schedule, plan)
-    hooks = [_as_callback(c) for c in callbacks]
-    distributed = comm is not None and comm.size > 1
 
     ops = net.backend
     opt.move_state(ops, net.dtype)  # an optimizer that trained a network elsewhere
-    with ops.memory_guard("copying the training data to the device", batch_size, _nbytes(X, Y)):
-        Xd = net.device_inputs(X)
-        Yd = net.device_targets(Y, Xd.shape[0])
-        val = None
-        if validation_data is not None:
-            Xv, Yv = validation.check_validation_data(validation_data)
-            Xv = net.device_inputs(Xv, "validation X")
-            val = (Xv, net.device_targets(Yv, Xv.shape[0], "validation Y"))
-    if distributed:
-        from .distributed import evaluate_distributed, verify_replicas
-
-        verify_replicas(comm, net, Xd.shape[0], batch_size, seed)
-        progress = progress and comm.is_root
-
-    history = History()
-    # the start of the epoch, kept to go back to if it diverges: one device copy per epoch
-    # into buffers allocated once (the optimizer's, once its state exists)
-    last_good = ops.empty(net.params.shape, net.params.dtype)
-    last_good_state = None
-    data_max = divergence.data_magnitudes(ops, Xd, Yd)
+    Xd, Yd, val = _device_data(net, X, Y, validation_data, batch_size)
+    n = Xd.shape[0]
+    if group is not None:
+        verify_replicas(group, net, n, batch_size, seed)
+        progress = progress and group.is_root
+    metrics = METRICS + (VALIDATION_METRICS if val is not None else ())
+    for hook in hooks:
+        hook.check_metrics(metrics)
     for hook in hooks:
         hook.on_train_begin(net)
-    # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
-    quiet_fp = numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
-    # the device running out of memory anywhere in training is reported with the batch size
-    oom = ops.memory_guard("training", batch_size,
-                           Workspace.nbytes(net.sizes, batch_size, net.dtype))
-    with oom, ops.training_scope(batch_size), quiet_fp, _progress_bar(epochs, progress) as bar:
+
+    history = History()
+    epoch_start = _EpochStart(net, opt)
+    data_max = divergence.data_magnitudes(ops, Xd, Yd)
+    with (
+        # the device running out of memory anywhere in training is reported with the batch size
+        ops.memory_guard("training", batch_size,
+                         Workspace.nbytes(net.sizes, batch_size, net.dtype)),
+        ops.training_scope(batch_size),
+        # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
+        quiet_floating_point(),
+        _progress_bar(epochs, progress) as bar,
+    ):
         for epoch in range(initial_epoch, initial_epoch + epochs):
-            factor = lr_factor(epoch)  # a user's function may return anything
-            opt.lr = opt.base_lr * validation.check_positive_float(
-                f"the schedule's learning-rate factor for epoch {epoch}", factor, allow_zero=True)
-            ops.copy_into(last_good, net.params)
-            last_good_state = opt.snapshot(ops, into=last_good_state)
+            opt.lr = _learning_rate(opt, lr_factor, epoch)
+            epoch_start.keep()
             started = time.perf_counter()
-            cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch, comm)
+            cost = run_epoch(net, Xd, Yd, opt, batch_size, shuffle, seed, epoch, group)
             ops.synchronize()
             seconds = time.perf_counter() - started
-            loss_sum, params_finite, magnitudes = divergence.read_back(ops, cost, net, data_max)
-            if not (math.isfinite(loss_sum) and params_finite):
-                problem = "the loss or the weights became NaN or infinite"
-            elif divergence.cost_overflows(net, Xd, Yd, magnitudes, comm if distributed else None):
-                problem = (
-                    "the weights grew so large that the network's outputs overflow "
-                    f"{numpy.dtype(net.dtype).name}: its cost on the training data is infinite"
-                )
-            else:
-                problem = None
+            loss_sum, problem = divergence.check_epoch(net, cost, Xd, Yd, data_max, group)
             if problem is not None:
-                ops.copy_into(net.params, last_good)
-                opt.restore(ops, last_good_state)
+                epoch_start.restore()
                 raise DivergenceError(
                     f"training diverged in epoch {epoch + 1}: {problem} (learning rate "
                     f"{opt.lr:g}). Try a lower learning rate; the network keeps the weights, "
                     "and the optimizer its state, from the start of that epoch"
                 )
-            n = Xd.shape[0]
-            record = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / n,
-                "lr": opt.lr,
-                "seconds": seconds,
-                "samples_per_second": n / seconds if seconds > 0 else math.inf,
-            }
+            record = _epoch_record(epoch, loss_sum / n, opt.lr, seconds, n)
             if val is not None:
-                if distributed:
-                    metrics = evaluate_distributed(net, *val, comm)
-                else:
-                    metrics = net.evaluate_device(*val)
-                record["val_loss"], record["val_accuracy"] = metrics["loss"], metrics["accuracy"]
+                record.update(_validation_metrics(net, *val, group))
             history.append(record)
             _show(bar, record)
             stop = [hook.on_epoch_end(net, record) for hook in hooks]
@@ -246,17 +255,175 @@ def fit(
     return history
 
 
+def _as_callbacks(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as a list of Callback objects (functions wrapped)."""
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        single = isinstance(callbacks, Callback) or callable(callbacks)
+        hint = f"; for one callback pass callbacks=[{type(callbacks).__name__}(...)]" if single \
+            else ""
+        raise InputTypeError(
+            "callbacks must be a list of gpunn.Callback objects or functions "
+            f"(net, record) -> bool, got {callbacks!r}{hint}"
+        )
+    return [_as_callback(c) for c in callbacks]
+
+
+def _as_callback(callback: Any) -> Callback:
+    if isinstance(callback, Callback):
+        return callback
+    if callable(callback):
+        return _LambdaCallback(callback)
+    raise InputTypeError(
+        f"callbacks must hold gpunn.Callback objects or functions (net, record) -> bool, "
+        f"got {callback!r}"
+    )
+
+
+def _data_parallel_group(comm: Any) -> Communicator | None:
+    """The communicator of a data-parallel fit; None for one process (no communicator, or a
+    group of one)."""
+    if comm is None:
+        return None
+    if not isinstance(comm, Communicator):
+        raise InputTypeError(
+            f"comm must be a communicator from gpunn.distributed.connect(), got "
+            f"{type(comm).__name__}"
+        )
+    return comm if comm.size > 1 else None
+
+
+def _device_data(
+    net: Network, X: Any, Y: Any, validation_data: Any, batch_size: int
+) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    """The training data and the validation pair (or None), checked and on the device."""
+    with net.backend.memory_guard("copying the training data to the device", batch_size,
+                                  _nbytes(X, Y)):
+        Xd = net.device_inputs(X)
+        Yd = net.device_targets(Y, Xd.shape[0])
+        if validation_data is None:
+            return Xd, Yd, None
+        Xv, Yv = validation.check_validation_data(validation_data)
+        Xv = net.device_inputs(Xv, "validation X")
+        return Xd, Yd, (Xv, net.device_targets(Yv, Xv.shape[0], "validation Y"))
+
+
+def _learning_rate(opt: Optimizer, lr_factor: Callable[[int], float], epoch: int) -> float:
+    """The optimizer's base learning rate times the schedule's factor for ``epoch``, checked:
+    a user's schedule may return anything, and a large factor may overflow the product."""
+    factor = validation.check_float(
+        f"the schedule's learning-rate factor for epoch {epoch}", lr_factor(epoch),
+        minimum=0.0, inclusive=True,
+    )
+    lr = opt.base_lr * factor
+    if not math.isfinite(lr):
+        raise InputError(
+            f"the learning rate for epoch {epoch}, {opt.base_lr:g} times the schedule's factor "
+            f"{factor:g}, overflows the range of floats; use a schedule with smaller factors"
+        )
+    return lr
+
+
+class _EpochStart:
+    """The weights and the optimizer's state at the start of the running epoch, to go back to
+    if it diverges: one device copy per epoch into buffers allocated once (the optimizer's,
+    once its state exists)."""
+
+    def __init__(self, net: Network, opt: Optimizer) -> None:
+        self.net, self.opt = net, opt
+        self.params = net.backend.empty(net.params.shape, net.params.dtype)
+        self.state: Snapshot | None = None
+
+    def keep(self) -> None:
+        ops = self.net.backend
+        ops.copy_into(self.params, self.net.params)
+        self.state = self.opt.snapshot(ops, into=self.state)
+
+    def restore(self) -> None:
+        ops = self.net.backend
+        ops.copy_into(self.net.params, self.params)
+        if self.state is not None:
+            self.opt.restore(ops, self.state)
+
+
+def _epoch_record(epoch: int, loss: float, lr: float, seconds: float, n: int) -> dict[str, float]:
+    """The :data:`METRICS` of one epoch (``epoch`` counted from 0, recorded from 1)."""
+    return {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "lr": lr,
+        "seconds": seconds,
+        "samples_per_second": n / seconds if seconds > 0 else math.inf,
+    }
+
+
+def _validation_metrics(
+    net: Network, Xv: Array, Yv: Array, group: Communicator | None
+) -> dict[str, float]:
+    """The :data:`VALIDATION_METRICS` of the network as it is, with the rows shared across
+    the ranks of a data-parallel fit."""
+    if group is not None:
+        metrics = evaluate_distributed(net, Xv, Yv, group)
+    else:
+        metrics = net.evaluate_device(Xv, Yv)
+    return {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
+
+
+# ---------------------------------------------------------------------- buffers kept per network
+@dataclass
+class EpochOrder:
+    """Where the batches of an epoch come from, for steps a backend records and replays:
+    ``index`` holds the order of the epoch's n samples and the 0-d ``cursor`` the position of
+    the next batch in it. Each step gathers its batch at the cursor and advances it, so one
+    recording serves every batch of its size."""
+
+    index: Array
+    cursor: Array
+    unshuffled: bool = False  # index holds 0, 1, ..., n−1 already: nothing to copy
+
+
+@dataclass
+class EpochBuffers:
+    """Device buffers that training keeps for a network as long as the network lives, since
+    recorded steps point at them: the epoch's summed cost and, where steps are recorded, the
+    epoch's order (kept while the number of samples stays the same)."""
+
+    cost: Array
+    order: EpochOrder | None = None
+
+
+_epoch_buffers: weakref.WeakKeyDictionary[Network, EpochBuffers] = weakref.WeakKeyDictionary()
+
+
+def epoch_buffers(net: Network) -> EpochBuffers:
+    """The :class:`EpochBuffers` of ``net``, allocated at its first epoch."""
+    buffers = _epoch_buffers.get(net)
+    if buffers is None:
+        buffers = _epoch_buffers[net] = EpochBuffers(cost=net.backend.zeros((), net.dtype))
+    return buffers
+
+
+def epoch_order(net: Network, n: int) -> EpochOrder:
+    """The device buffers for the order of an epoch of ``n`` samples of ``net``."""
+    buffers = epoch_buffers(net)
+    order = buffers.order
+    if order is None or order.index.shape[0] != n:
+        ops = net.backend
+        order = EpochOrder(index=ops.empty((n,), "int64"), cursor=ops.zeros((), "int64"))
+        buffers.order = order
+    return order
+
+
 def run_epoch(
     net: Network,
-    Xd: Any,
-    Yd: Any,
+    Xd: Array,
+    Yd: Array,
     opt: Optimizer,
     batch_size: int,
     shuffle: bool,
     seed: int,
     epoch: int,
-    comm: Any = None,
-) -> Any:
+    comm: Communicator | None = None,
+) -> Array:
     """One pass over device-resident (Xd, Yd); returns the summed cost as a device scalar.
 
     With a communicator, rank r of N computes the gradient of its contiguous share of each
@@ -266,24 +433,25 @@ def run_epoch(
     A step (the gather of its batch, feedforward, backpropagation and, where nothing must
     come between, the update) runs through ``ops.run_step``, which may record it once and
     replay it (CUDA graphs). On such a backend a step therefore works on fixed buffers only:
-    the epoch's order is copied into a buffer of the network and each step gathers its batch
-    at a cursor kept on the device (and moves it on), the cost adds into a buffer that lives
-    as long as the network, and the key names everything else the recording depends on.
+    the epoch's order is copied into a buffer kept with the network (:func:`epoch_order`) and
+    each step gathers its batch at a cursor kept on the device (and moves it on), the cost adds
+    into a buffer that lives as long as the network (:func:`epoch_buffers`), and the key names
+    everything else the recording depends on.
     """
     ops = net.backend
     n = Xd.shape[0]
     order = ops.permutation(n, seed, epoch) if shuffle else None
     recorded = ops.replays_steps
     if recorded:
-        plan = net.epoch_order(n)
+        plan = epoch_order(net, n)
         if order is not None or not plan.unshuffled:
-            ops.copy_into(plan.index, order if order is not None else ops.xp.arange(n))
+            ops.copy_into(plan.index, order if order is not None else ops.arange(n))
             plan.unshuffled = order is None
         plan.cursor[...] = 0
         # a recorded kernel holds each array's address, shape and strides as they were
         buffers = (*map(ops.address, (Xd, Yd, plan.index, plan.cursor)), Xd.shape, Yd.shape,
                    Xd.strides, Yd.strides)
-    cost = net.epoch_cost
+    cost = epoch_buffers(net).cost
     cost[...] = 0
     for batch_start in range(0, n, batch_size):
         batch_stop = min(batch_start + batch_size, n)
@@ -308,7 +476,7 @@ def run_epoch(
                 gather = _gather_rows(ops, Xd, Yd, ws, order[start:stop])
             else:
                 gather, X, Y = None, Xd[start:stop], Yd[start:stop]
-            step = _training_step(net, opt, gather, X, Y, ws, scale, update_in_step)
+            step = _training_step(net, opt, gather, X, Y, ws, cost, scale, update_in_step)
             if recorded:
                 key = (ws.serial, scale, update_key if update_in_step else None, offset, advance,
                        buffers)
@@ -328,7 +496,9 @@ def run_epoch(
     return cost
 
 
-def _gather_rows(ops: Any, Xd: Any, Yd: Any, ws: Any, index: Any) -> Callable[[], None]:
+def _gather_rows(
+    ops: Ops, Xd: Array, Yd: Array, ws: Workspace, index: Array
+) -> Callable[[], None]:
     """The batch rows ``index`` of (Xd, Yd) into the workspace."""
 
     def gather() -> None:
@@ -339,7 +509,7 @@ def _gather_rows(ops: Any, Xd: Any, Yd: Any, ws: Any, index: Any) -> Callable[[]
 
 
 def _gather_at_cursor(
-    ops: Any, Xd: Any, Yd: Any, ws: Any, plan: Any, offset: int, advance: int
+    ops: Ops, Xd: Array, Yd: Array, ws: Workspace, plan: EpochOrder, offset: int, advance: int
 ) -> Callable[[], None]:
     """The batch at the device cursor of ``plan`` (this rank's share starts ``offset`` rows
     into it) into the workspace; then the cursor moves on by the whole batch, ``advance``."""
@@ -354,19 +524,19 @@ def _gather_at_cursor(
 
 
 def _training_step(
-    net: Network, opt: Optimizer, gather: Callable[[], None] | None, X: Any, Y: Any, ws: Any,
-    scale: float, with_update: bool,
+    net: Network, opt: Optimizer, gather: Callable[[], None] | None, X: Array, Y: Array,
+    ws: Workspace, cost: Array, scale: float, with_update: bool,
 ) -> Callable[[], None]:
     """One step as a closure over fixed buffers: ``gather`` the batch (when given; into X and
-    Y), feedforward, add its cost to ``net.epoch_cost``, backpropagate, and (``with_update``)
-    update the parameters. A backend may record it once and replay it."""
+    Y), feedforward, add its cost to the device scalar ``cost``, backpropagate, and
+    (``with_update``) update the parameters. A backend may record it once and replay it."""
     ops = net.backend
 
     def step() -> None:
         if gather is not None:
             gather()
         net.feedforward(X, ws)
-        net.add_cost(Y, ws, net.epoch_cost)
+        net.add_cost(Y, ws, cost)
         net.backprop(X, Y, ws, scale)
         if with_update:
             opt.update_prescaled(ops, net.params, net.grads)
@@ -380,17 +550,6 @@ def shard_rows(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     count, extra = divmod(stop - start, size)
     lo = start + rank * count + min(rank, extra)
     return lo, lo + count + (1 if rank < extra else 0)
-
-
-def _as_callback(callback: Any) -> Callback:
-    if isinstance(callback, Callback):
-        return callback
-    if callable(callback):
-        return _LambdaCallback(callback)
-    raise InputTypeError(
-        f"callbacks must hold gpunn.Callback objects or functions (net, record) -> bool, "
-        f"got {callback!r}"
-    )
 
 
 def _nbytes(*arrays: Any) -> int:

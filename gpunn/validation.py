@@ -51,7 +51,7 @@ def check_dtype(dtype: Any) -> numpy.dtype:
     return resolved
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+def check_int(name: str, value: Any, *, minimum: int) -> int:
     """An integer ≥ ``minimum`` (bool refused; NumPy integers accepted)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         kind = type(value).__name__
@@ -61,14 +61,24 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
-    """A finite number > 0 (≥ 0 with ``allow_zero``); bool refused."""
+def check_float(name: str, value: Any, *, minimum: float, inclusive: bool) -> float:
+    """A finite number > ``minimum`` (≥ with ``inclusive``); bool refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise InputError(f"{name} must be a finite {bound} number, got {value}")
+    if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        bound = "≥" if inclusive else ">"
+        raise InputError(f"{name} must be a finite number {bound} {minimum:g}, got {value}")
+    return value
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A number in [0, 1) (bool refused): a share of the data, a momentum, a decay rate."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputTypeError(f"{name} must be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # also false for NaN
+        raise InputError(f"{name} must lie in [0, 1), got {value}")
     return value
 
 
@@ -92,7 +102,7 @@ def check_sizes(sizes: Any) -> tuple[int, ...]:
             f"got {sizes}"
         )
     for i, n in enumerate(sizes):
-        check_positive_int(f"sizes[{i}]", n)
+        check_int(f"sizes[{i}]", n, minimum=1)
     return tuple(int(n) for n in sizes)
 
 
@@ -112,9 +122,33 @@ def check_validation_data(value: Any) -> tuple[Any, Any]:
 
 # ---------------------------------------------------------------------------- arrays
 def _host_view(array: Any, name: str) -> Any:
-    """The array itself if it is an array of some backend, else ``numpy.asarray`` of it."""
-    if array_module(array) is not None:
+    """The array itself if it is an array of some backend, else ``numpy.asarray`` of it.
+
+    A masked array with masked values and a SciPy sparse matrix are refused: converting them
+    would silently drop the mask, or give an array of one object.
+    """
+    if isinstance(array, numpy.ma.MaskedArray):
+        if numpy.ma.is_masked(array):
+            raise InputTypeError(
+                f"{name} is a masked array with {int(numpy.ma.count_masked(array))} masked "
+                f"value(s), and gpunn does not use masks; fill them ({name}.filled(value)) or "
+                "drop those samples first"
+            )
+        array = array.data  # nothing is masked: the values are all there
+    if type(array).__module__.startswith("scipy.sparse"):
+        raise InputTypeError(
+            f"{name} is a SciPy sparse matrix; gpunn needs a dense array: pass {name}.toarray()"
+        )
+    module = array_module(array)
+    if module is numpy:
+        return numpy.asarray(array)  # a subclass such as numpy.matrix as a plain array
+    if module is not None:
         return array
+    if getattr(array, "requires_grad", False):
+        raise InputTypeError(
+            f"{name} is a tensor that requires grad, which gpunn does not read: pass "
+            f"{name}.detach() (gpunn computes its own gradients and takes no part in autograd)"
+        )
     try:
         return numpy.asarray(array)
     except (ValueError, TypeError) as exc:
@@ -149,8 +183,18 @@ def _to_numpy(array: Any) -> numpy.ndarray:
     return get() if callable(get) else numpy.asarray(array)
 
 
-def _check_values(name: str, X: Any, dtype: Any = None) -> None:
-    """Every value finite and, for a narrower network ``dtype``, within its range.
+def check_values(
+    name: str,
+    X: Any,
+    dtype: Any = None,
+    *,
+    error: type[InputError] = InputError,
+    line_numbers: Sequence[int] | None = None,
+    remedy: str = "scale the data or use dtype='float64'",
+) -> None:
+    """Every value finite and, for a narrower ``dtype`` (the one ``X`` will be cast to), within
+    its range; else ``error`` naming the first bad row (its line in the file, with
+    ``line_numbers``, one per row of ``X``), or for values out of range ending with ``remedy``.
 
     One pass in the common case: x·x (over all values) is finite and at most max² exactly
     when no value is NaN, infinite or beyond ±max. Only a failed screen pays for the exact
@@ -170,15 +214,17 @@ def _check_values(name: str, X: Any, dtype: Any = None) -> None:
     finite_rows = xp.isfinite(X).reshape(X.shape[0], -1).all(axis=1)
     if not bool(finite_rows.all()):
         bad_rows = numpy.flatnonzero(~_to_numpy(finite_rows))
-        raise InputError(
-            f"{name} contains NaN or infinite values in {bad_rows.size} sample(s), first at row "
-            f"{int(bad_rows[0])}; clean or impute them first"
+        first = int(bad_rows[0])
+        where = f"line {line_numbers[first]}" if line_numbers is not None else f"row {first}"
+        raise error(
+            f"{name} contains NaN or infinite values in {bad_rows.size} sample(s), first at "
+            f"{where}; clean or impute them first"
         )
     largest = float(xp.abs(X).max())
     if largest > limit:
-        raise InputError(
-            f"{name} holds values up to {largest:.3g}, beyond the range of the network's dtype "
-            f"{numpy.dtype(dtype).name} (±{limit:.3g}); scale the data or use dtype='float64'"
+        raise error(
+            f"{name} holds values up to {largest:.3g}, beyond the range of "
+            f"{numpy.dtype(dtype).name} (±{limit:.3g}); {remedy}"
         )
 
 
@@ -226,7 +272,7 @@ def check_features(X: Any, n_features: int, name: str = "X", dtype: Any = None) 
             f"{name} has {X.shape[1]} features per sample but the network's input layer has "
             f"{n_features}{hint}"
         )
-    _check_values(name, X, dtype)
+    check_values(name, X, dtype)
     return X
 
 
@@ -262,11 +308,18 @@ def check_targets(
         )
     if Y.ndim == 1:
         if n_outputs == 1 and Y.dtype.kind == "f":
-            _check_values(name, Y, dtype)
+            check_values(name, Y, dtype)
             if loss == "cross_entropy":
                 _check_probabilities(name, Y.reshape(-1, 1), output)
             return Y, True
-        return _check_labels(Y, n_outputs, name), True
+        hint = (
+            "; for regression targets pass floats"
+            if n_outputs == 1
+            else f"; a 1-D {name} is read as class labels: pass integers, or a 2-D array of "
+            f"targets (n, {n_outputs})"
+        )
+        check_class_labels(name, Y, max(n_outputs, 2), hint=hint)
+        return Y, True
     if Y.ndim != 2 or Y.shape[1] != n_outputs:
         hint = ""
         if Y.ndim == 2 and Y.shape[1] == 1 and n_outputs > 1:
@@ -275,7 +328,7 @@ def check_targets(
             f"{name} has shape {tuple(Y.shape)}; it must be class labels ({n_samples},) or targets "
             f"({n_samples}, {n_outputs}) to match the output layer{hint}"
         )
-    _check_values(name, Y, dtype)
+    check_values(name, Y, dtype)
     if loss == "cross_entropy":
         _check_probabilities(name, Y, output)
     return Y, False
@@ -301,36 +354,78 @@ def _check_probabilities(name: str, Y: Any, output: str | None) -> None:
             )
 
 
-def _check_labels(y: Any, n_outputs: int, name: str) -> Any:
-    n_classes = max(n_outputs, 2)
-    if y.dtype.kind == "f":
-        _check_values(name, y)
-        xp = array_module(y)
-        if not bool((xp.floor(y) == y).all()):
-            raise InputError(
-                f"{name} is 1-D, so it is read as class labels, but it holds non-integer values; "
-                f"pass integer labels or a 2-D array of targets (n, {n_outputs})"
-            )
+def check_class_labels(
+    name: str,
+    y: Any,
+    n_classes: int | None = None,
+    *,
+    error: type[InputError] = InputError,
+    hint: str = "",
+) -> None:
+    """1-D class labels ``y`` (integers, booleans, or floats holding whole numbers; on any
+    backend) lie in 0..n_classes-1; without ``n_classes`` they must start at 0 (a subset may
+    lack the higher classes).
+
+    Else ``error``: labels that seem to run from 1 to k get the hint to subtract 1, labels
+    starting above 0 the hint to renumber them, and the other messages end with ``hint``.
+    """
     if y.dtype.kind == "b":
-        return y
-    low, high = float(y.min()), float(y.max())
-    if low < 0 or high >= n_classes:
-        hint = ""
-        if low >= 1 and high == n_classes:
-            hint = f"; they seem to run from 1 to {n_classes}: subtract 1"
-        elif n_outputs == 1:
-            hint = "; for regression targets pass floats"
+        return
+    top = "k-1" if n_classes is None else str(n_classes - 1)
+    if y.dtype.kind == "f":
+        check_values(name, y, error=error)
+        xp = array_module(y)
+        fractional = xp.floor(y) != y
+        if bool(fractional.any()):
+            row = int(numpy.flatnonzero(_to_numpy(fractional))[0])
+            raise error(
+                f"{name} holds non-integer values (first {y[row].item():g} at row {row}), but "
+                f"class labels are whole numbers 0..{top}{hint}"
+            )
+    low, high = y.min().item(), y.max().item()
+    if n_classes is None:
+        if low == 0:
+            return
+        rule = "labels must start at 0 (0..k-1)"
+        one_based = low == 1
+    else:
+        if low >= 0 and high < n_classes:
+            return
+        rule = f"with {n_classes} classes they must lie in 0..{top}"
+        one_based = low >= 1 and high == n_classes
+    if one_based:
+        advice = f"; they seem to run from 1 to {high:g}: subtract 1"
+    elif low > 0 and n_classes is None:
+        advice = "; renumber them, e.g. classes, y = np.unique(y, return_inverse=True)"
+    else:
+        advice = hint
+    raise error(f"{name} holds class labels from {low:g} to {high:g}, but {rule}{advice}")
+
+
+def _check_finite_parameters(name: str, array: Any) -> None:
+    """No NaN or infinite weight or bias in ``array``: one sum in the common case, and only
+    when that is not finite a search for the first bad entry, for the message."""
+    if array.dtype.kind != "f":
+        return
+    xp = array_module(array)
+    if bool(xp.isfinite(array.sum(dtype=xp.float64))):
+        return
+    bad = numpy.argwhere(~numpy.isfinite(_to_numpy(array)))
+    if len(bad):
         raise InputError(
-            f"{name} holds class labels from {low:g} to {high:g}, but the output layer has "
-            f"{n_outputs} unit(s), so labels must lie in 0..{n_classes - 1}{hint}"
+            f"{name} contains NaN or infinite values ({len(bad)} of them, the first at index "
+            f"{tuple(int(i) for i in bad[0])}); a network's weights and biases must be finite "
+            "(parameters from a diverged run? train again with a lower learning rate)"
         )
-    return y
 
 
 def check_params(
-    params: Any, shapes: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+    params: Any,
+    shapes: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+    dtype: Any = None,
 ) -> list[tuple[Any, Any]]:
-    """``[(W, b), ...]`` with one pair per layer, each array of the expected shape, finite reals.
+    """``[(W, b), ...]`` with one pair per layer, each array of the expected shape, finite reals
+    within the range of ``dtype`` (the network's, which they are cast to).
 
     ``shapes`` holds ``(W.shape, b.shape)`` per layer. Arrays already on a device are kept there.
     """
@@ -358,7 +453,11 @@ def check_params(
             _check_kind(label, array)
             if tuple(array.shape) != tuple(shape):
                 raise InputError(f"{label} has shape {tuple(array.shape)}; expected {tuple(shape)}")
-            _check_values(label, array)
+            _check_finite_parameters(label, array)
+            check_values(
+                label, array, dtype,
+                remedy="only a network with dtype='float64' can hold such weights",
+            )
             arrays.append(array)
         checked.append((arrays[0], arrays[1]))
     return checked

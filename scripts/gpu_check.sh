@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
 #   scripts/gpu_check.sh OUTDIR
-# run from anywhere; works from the repository root with PYTHONPATH=. Writes into OUTDIR:
+# Runs from anywhere, on the repository it lives in (put on PYTHONPATH). Writes into OUTDIR
+# at most these 8 files:
 #   summary.txt (nvidia-smi, each part's status, the README's benchmark tables, the speed
 #   goals met or missed), info.txt, tests-gpu.log, bench-<gpu>-<date>.{json,png,log},
-#   benchmarks-smoke.log, tests-all.log: 8 files at most, so that a remote runner that
-#   returns a limited number of files gets them all. The parts run in that order, the most
-#   needed first (the tables and goals right after the bench).
-# Each part is time-boxed so the whole script stays under 9 minutes. torch and mlxtend are
-# optional: their tests and peers are skipped with a reason where missing.
+#   benchmarks-smoke.log, tests-all.log.
+# The parts run in that order, the most telling first: the GPU tests, then the benchmark with
+# its tables and goals, then the smoke run of the benchmark suite and the whole test suite.
+# Each part is time-boxed, and the script ends within 9 minutes, with whatever the parts
+# that did not finish in time left out (summary.txt says which). Without torch or mlxtend
+# their tests and peers are skipped, with the reason.
 set -u -o pipefail
 
 OUT="${1:?usage: scripts/gpu_check.sh OUTDIR}"
@@ -72,9 +74,9 @@ run info 60 "$OUT/info.txt" "$PY" -c \
 run tests-gpu 150 "$OUT/tests-gpu.log" "$PY" -m pytest -rs -m gpu tests -q -p no:cacheprovider
 
 # 3. the benchmark: numpy and cupy, JSON + PNG. The quick sweep (6 batch sizes per model on
-# the GPU besides the configurations' own): the full one, 14 batch sizes with 4 contenders and
-# the GEMM each, takes longer than one device call allows. The configurations come before the
-# rest of the sweep, so a short budget still measures them.
+# the GPU besides the configurations' own, no torch.compile): the full one, 14 batch sizes
+# with 4 contenders and the GEMM each, takes longer than the 9 minutes. The configurations
+# come before the rest of the sweep, so a short budget still measures them.
 LEFT=$(( 420 - $(elapsed) ))
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
 note "bench gets ${LEFT}s (quick sweep)"

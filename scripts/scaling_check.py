@@ -3,9 +3,9 @@
     mpiexec -n 2 python scripts/scaling_check.py [--configs mlp-b32,wide-b1024] [--repeats 5]
 
 Use the ``mpiexec`` of the MPI that mpi4py was built against (for ``gpunn[mpi]``: the ``mpich``
-wheel's, in the same environment's ``bin/``). Every rank builds the DESIGN.md network of each
-configuration (``gpunn.bench``'s networks and synthetic data, on the device) and times, per
-step, over epochs of ``gpunn.train.run_epoch``:
+wheel's, in the same environment's ``bin/``). Every rank builds the network of each benchmark
+configuration of ``docs/design.md`` (``gpunn.bench``'s networks and synthetic data, on the
+device) and times, per step, over epochs of ``gpunn.train.run_epoch``:
 
 * the step with the real communicator (``connect("mpi", "numpy")``);
 * the same shares with an ``allreduce_sum`` that returns its argument unchanged;
@@ -134,7 +134,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=DEFAULT_CONFIGS,
-                        help=f"DESIGN.md configurations (default {DEFAULT_CONFIGS})")
+                        help=f"benchmark configurations (default {DEFAULT_CONFIGS})")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per variant")
     parser.add_argument("--target-s", type=float, default=TARGET_S[False],
                         help="seconds one timed epoch aims at (at least 3 steps)")

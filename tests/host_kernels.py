@@ -15,6 +15,10 @@ what the code computes, not only that ``nvcc`` accepts it:
 
 The device math differs from the C++ library's only in rounding (CUDA's ``expf`` and the like
 are within a few ulp), which the float tolerances of the tests absorb.
+
+It also holds what the other kernel tests share: :func:`standalone_source`, the same text as
+one CUDA translation unit for ``nvcc``; :func:`sample_arguments`, inputs for every kernel in
+its calling convention; and :data:`ROW_REFERENCES`, the row kernels' NumPy references.
 """
 
 from __future__ import annotations
@@ -54,7 +58,16 @@ std::barrier<>* gpunn_block_barrier;
 alignas(16) unsigned char gpunn_smem[1 << 16];
 """
 
-_CXX_TYPES = K._CXX_TYPES  # parameter types as C++ types: the same as for nvcc
+#: kernel parameter types as C++ types (for g++ here and for nvcc alike)
+_CXX_TYPES = {
+    "T": "T",
+    "I": "long long",
+    "int64": "long long",
+    "int32": "int",
+    "float64": "double",
+    "float32": "float",
+    "bool": "bool",
+}
 
 
 def _parameters(params: list[tuple[bool, str, str]], n_in: int) -> tuple[str, str, str]:
@@ -99,11 +112,16 @@ def _reduction(spec: K.Reduction) -> str:
     )
 
 
+def _z_type(name: str) -> str:
+    """A row kernel's first argument: written (the bias is added into z) or only read."""
+    return "T*" if name == "gpunn_bias_softmax" else "const T*"
+
+
 def _row_launcher(name: str) -> str:
     """``extern "C" void name_launch(grid, threads, ...)``: blocks in turn, threads as threads."""
-    first = "T*" if name == "gpunn_bias_softmax" else "const T*"
     return (
-        f'extern "C" void {name}_launch(unsigned int grid, unsigned int threads, {first} z, '
+        f'extern "C" void {name}_launch(unsigned int grid, unsigned int threads, '
+        f"{_z_type(name)} z, "
         "const T* other, T* out, long long rows, long long cols, T lowest) {\n"
         "  gridDim.x = grid; blockDim.x = threads;\n"
         "  for (unsigned int block = 0; block < grid; ++block) {\n"
@@ -211,9 +229,161 @@ def run(spec: K.Elementwise | K.Reduction, args: list, dtype: str) -> None:
 
 def run_row(name: str, args: list, dtype: str, grid: int, threads: int) -> None:
     """Launch a row kernel on ``grid`` blocks of ``threads`` threads (z, other, out, rows,
-    cols, lowest as in :func:`gpunn.backend.kernels.sample_arguments`)."""
+    cols, lowest as in :func:`sample_arguments`)."""
     z, other, out, rows, cols, lowest = args
     ctype = ctypes.c_float if numpy.dtype(dtype) == numpy.float32 else ctypes.c_double
     launch = getattr(library(dtype), f"{name}_launch")
     launch(ctypes.c_uint(grid), ctypes.c_uint(threads), _pointer(z), _pointer(other),
            _pointer(out), ctypes.c_longlong(rows), ctypes.c_longlong(cols), ctype(lowest))
+
+
+# ---------------------------------------------------------------- the same text for nvcc
+def standalone_source(dtype: Any) -> str:
+    """Every kernel's CUDA code as one self-contained translation unit, for ``nvcc``.
+
+    CuPy wraps an elementwise body in a loop over ``i`` with inputs bound to values and
+    outputs to references; this does the same with plain pointers, so that a CUDA compiler
+    without a GPU (``nvcc --ptx``) can type-check each body for ``dtype`` (T = float or
+    double), as the CPU test suite does when nvcc is installed.
+    """
+    ctype = K.ROW_KERNEL_TYPES[numpy.dtype(dtype)]
+    parts = [f"typedef {ctype} T;", "#include <cstddef>", K.ROW_KERNELS_SOURCE]
+    for spec in K.ELEMENTWISE.values():
+        parts.append(standalone_elementwise(spec.name, spec.in_params, spec.out_params, spec.body))
+    for spec in K.REDUCTIONS.values():
+        body = f"T a = ({spec.map_expr}); T b = a; a = ({spec.reduce_expr}); {spec.post_map_expr};"
+        parts.append(standalone_elementwise(spec.name, spec.in_params, spec.out_params, body))
+    for name in K.ROW_KERNEL_NAMES:
+        parts.append(f"template __global__ void {name}<T>({_z_type(name)}, const T*, T*, "
+                     "long long, long long, T);")
+    return "\n".join(parts) + "\n"
+
+
+def standalone_elementwise(name: str, in_params: str, out_params: str, body: str) -> str:
+    """One elementwise kernel as a CUDA ``__global__`` function: a grid-stride loop over i."""
+    args, binds = [], []
+    for is_out, params in ((False, in_params), (True, out_params)):
+        for raw, type_, var in K._split_params(params):
+            ctype = _CXX_TYPES.get(type_, type_)
+            if raw:
+                args.append(f"{ctype}* {var}")
+            else:
+                args.append(f"{ctype}* {var}_ptr")
+                ref = "&" if is_out else ""
+                const = "" if is_out else "const "
+                binds.append(f"{const}{ctype}{ref} {var} = {var}_ptr[i];")
+    return (
+        f"__global__ void gpunn_{name}({', '.join(args)}, ptrdiff_t n) {{\n"
+        "  for (ptrdiff_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n;"
+        " i += blockDim.x * gridDim.x) {\n"
+        f"    {' '.join(binds)}\n    {body}\n  }}\n}}"
+    )
+
+
+# ---------------------------------------------------------------- inputs of every kernel
+def sample_arguments(name: str, dtype: Any, rows: int = 7, cols: int = 5, seed: int = 0) -> list:
+    """Host arguments for kernel ``name`` in its calling convention (inputs, then outputs):
+    random arrays of ``dtype`` and NumPy scalars, for comparing a kernel with its reference."""
+    rng = numpy.random.default_rng(seed)
+    dt = numpy.dtype(dtype)
+
+    def arr(*shape: int, low: float = -3.0, high: float = 3.0) -> numpy.ndarray:
+        return rng.uniform(low, high, size=shape).astype(dt)
+
+    def scalar(x: float) -> Any:
+        return dt.type(x)
+
+    def probs() -> numpy.ndarray:
+        p = rng.uniform(0.05, 1.0, size=(rows, cols))
+        return (p / p.sum(axis=1, keepdims=True)).astype(dt)
+
+    n = rows * cols
+    if name.startswith("act_backward_"):
+        act = name[len("act_backward_") :]
+        a = numpy.empty((rows, cols), dt)
+        K.activation_reference(act, arr(rows, cols), a)
+        return [a, arr(rows, cols)]
+    if name.startswith("act_"):
+        return [arr(rows, cols), numpy.empty((rows, cols), dt)]
+    if name.startswith("bias_act_keep_"):
+        return [arr(cols), arr(rows, cols), numpy.empty((rows, cols), dt)]
+    if name.startswith("bias_act_"):
+        return [arr(rows, cols), arr(cols), numpy.empty((rows, cols), dt)]
+    if name.startswith("mse_delta_") or name == "xent_delta":
+        a = numpy.empty((rows, cols), dt)
+        K.activation_reference("sigmoid", arr(rows, cols), a)
+        return [a, probs(), scalar(2.0 / rows), numpy.empty((rows, cols), dt)]
+    if name in ("mse_cost", "bce_cost"):
+        acc = numpy.asarray(1.25, dtype=dt)
+        return [arr(rows, cols), probs(), acc, acc]
+    if name == "sgd_update":
+        return [arr(n), scalar(0.3), scalar(0.01), arr(n)]
+    if name in ("momentum_update", "nesterov_update"):
+        return [arr(n), scalar(0.3), scalar(0.9), scalar(0.01), arr(n), arr(n)]
+    if name == "adam_prepare":
+        c = [numpy.zeros((), dt), numpy.zeros((), dt)]
+        return [
+            scalar(0.01),
+            numpy.float64(0.9),
+            numpy.float64(0.999),
+            numpy.asarray(4, dtype=numpy.int64),
+            *c,
+        ]
+    if name == "adam_update":
+        return [
+            arr(n),
+            scalar(0.01),
+            scalar(0.1),
+            scalar(0.9),
+            scalar(0.1),
+            scalar(0.999),
+            scalar(0.001),
+            scalar(1e-8),
+            scalar(0.05),
+            scalar(3.0),
+            arr(n),
+            arr(n),
+            arr(n, low=0.0, high=2.0),
+        ]
+    if name == "gather_rows":
+        index = rng.integers(0, 3 * rows, size=(rows, 1))
+        return [arr(3 * rows, cols), index, numpy.int64(cols), numpy.empty((rows, cols), dt)]
+    if name == "gather_batch":
+        order = rng.permutation(3 * rows)
+        cursor = numpy.asarray(rows, dtype=numpy.int64)
+        return [
+            arr(3 * rows, cols),
+            order,
+            cursor,
+            numpy.int64(rows // 2),
+            numpy.int64(cols),
+            numpy.empty((rows, cols), dt),
+        ]
+    if name == "advance_cursor":
+        return [numpy.int64(rows), numpy.int64(3 * rows), numpy.asarray(2 * rows + 1, numpy.int64)]
+    if name == "gpunn_bias_softmax":
+        return [
+            arr(rows, cols),
+            arr(cols),
+            numpy.empty((rows, cols), dt),
+            rows,
+            cols,
+            dt.type(-numpy.inf),
+        ]
+    if name == "gpunn_softmax_xent_cost":
+        return [
+            arr(rows, cols),
+            probs(),
+            numpy.asarray(0.5, dtype=dt),
+            rows,
+            cols,
+            dt.type(-numpy.inf),
+        ]
+    raise KeyError(f"no sample arguments for kernel {name!r}")
+
+
+#: the NumPy reference of each row kernel, in the kernel's calling convention
+ROW_REFERENCES = {
+    "gpunn_bias_softmax": K.bias_softmax_reference,
+    "gpunn_softmax_xent_cost": K.softmax_xent_cost_reference,
+}

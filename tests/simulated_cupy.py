@@ -739,7 +739,7 @@ class _RowKernel:
     TYPES: ClassVar = {"float": numpy.dtype(numpy.float32), "double": numpy.dtype(numpy.float64)}
 
     def __init__(self, expression: str) -> None:
-        from gpunn.backend.kernels import ROW_REFERENCES
+        from host_kernels import ROW_REFERENCES  # beside this file
 
         self.name, template = expression.rstrip(">").split("<")
         self.dtype = self.TYPES[template]

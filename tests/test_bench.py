@@ -10,10 +10,13 @@ import json
 import numpy as np
 import pytest
 
+from gpunn import Network
+from gpunn.backend import get_backend
 from gpunn.bench import configs as cfgmod
 from gpunn.bench import persample, report, runner, sysinfo
 from gpunn.bench.configs import CONFIGS, BenchConfig, flops_per_sample, get_configs
 from gpunn.bench.timing import HostTimer, Measurement, measure, measure_interleaved
+from gpunn.errors import InputError
 
 
 # ------------------------------------------------------------------ configurations and FLOPs
@@ -119,6 +122,14 @@ def test_measure_interleaved_round_robin() -> None:
         measure(lambda: None, steps=1, batch=1, repeats=0)
 
 
+def test_measure_interleaved_refuses_no_repeats_and_unpaired_timers() -> None:
+    timer = HostTimer()
+    with pytest.raises(InputError, match="repeats must be at least 1"):
+        measure_interleaved([lambda: None], [timer], steps=1, batch=1, repeats=0)
+    with pytest.raises(InputError, match="one timer per contender"):
+        measure_interleaved([lambda: None, lambda: None], [timer], steps=1, batch=1)
+
+
 def test_measurement_single_repeat() -> None:
     m = Measurement([0.5], steps=2, batch=3)
     assert m.quartiles == (0.5, 0.5) and m.spread == 0.0 and m.samples_per_s == 12.0
@@ -126,7 +137,7 @@ def test_measurement_single_repeat() -> None:
 
 # ------------------------------------------------------------------ per-sample baseline
 def _batched_gradient(params, X, Y, activation, output, loss):
-    """Reference: the batched backprop of DESIGN.md section 2, in float64 NumPy."""
+    """Reference: the batched backprop of docs/design.md, in float64 NumPy."""
     acts = {"sigmoid": lambda z: 1 / (1 + np.exp(-z)), "relu": lambda z: np.maximum(z, 0),
             "tanh": np.tanh, "identity": lambda z: z}
     prime = {"sigmoid": lambda z, a: a * (1 - a), "relu": lambda z, a: (z > 0) * 1.0,
@@ -173,8 +184,7 @@ def test_per_sample_gradient_equals_batched(activation, output, loss) -> None:
 
 
 def test_per_sample_matches_gpunn_gradients() -> None:
-    gpunn = pytest.importorskip("gpunn")
-    net = gpunn.Network([6, 5, 4], activation="sigmoid", output="sigmoid", loss="mse",
+    net = Network([6, 5, 4], activation="sigmoid", output="sigmoid", loss="mse",
                         backend="numpy", dtype="float64", seed=3)
     rng = np.random.default_rng(0)
     X, labels = rng.random((9, 6)), rng.integers(0, 4, 9)
@@ -195,6 +205,34 @@ def test_per_sample_sgd_steps_update() -> None:
     g = persample.minibatch_gradient(before, X, Y, "sigmoid", "sigmoid", "mse")
     persample.sgd_steps(params, X, Y, 4, 0.5, "sigmoid", "sigmoid", "mse")
     np.testing.assert_allclose(params[0][0], before[0][0] - 0.5 * g[0][0])
+
+
+def test_per_sample_rows_stand_for_the_configured_batch() -> None:
+    """The loop timed 3-sample mini-batches of a configuration of batch 8: its samples/s are
+    those measured, its ms/step those of 8 samples at that rate, and the table says so."""
+    m = Measurement([0.5, 0.4, 0.6], steps=10, batch=3)  # 30 samples per repeat
+    figures = runner.per_configured_batch(m, 8)
+    assert figures["minibatch_used"] == 3
+    assert figures["ms_per_minibatch"] == pytest.approx(m.ms_per_step) == pytest.approx(50.0)
+    assert figures["ms_per_step"] == pytest.approx(1e3 * 8 / m.samples_per_s)
+    assert figures["ms_per_step_min"] == pytest.approx(1e3 * 8 * 0.4 / 30)
+    assert figures["ms_per_step_max"] == pytest.approx(1e3 * 8 * 0.6 / 30)
+    row = {**runner._row(TINY, "numpy", "per-sample", m), **figures}
+    assert row["batch"] == 8 and row["samples_per_s"] == pytest.approx(m.samples_per_s)
+    table = report.format_table([row])
+    assert "timed on mini-batches of fewer samples (tiny 3)" in table
+    assert f"{row['ms_per_step']:.3f}" in table
+    assert "mini-batches" not in report.format_table([{**row, "minibatch_used": 8}])
+
+
+def test_the_per_sample_loop_runs_smaller_minibatches_than_a_big_configuration(monkeypatch):
+    monkeypatch.setattr(runner.C, "per_sample_count", lambda cfg, target: 6)
+    res = runner.run_bench(configs=[TINY], backends="numpy", batch_sizes=[8], quick=True,
+                           peers=["per-sample"], repeats=1, log=None, target_s=0.005, gemm_n=32)
+    (row,) = [r for r in res["rows"] if r["contender"] == "per-sample"]
+    assert (row["status"], row["batch"], row["minibatch_used"], row["steps"]) == ("ok", 8, 6, 1)
+    assert row["ms_per_step"] == pytest.approx(1e3 * 8 / row["samples_per_s"])
+    assert row["ms_per_minibatch"] == pytest.approx(1e3 * 6 / row["samples_per_s"])
 
 
 # ------------------------------------------------------------------ machine info and reports
@@ -280,7 +318,7 @@ def test_markdown_tables_hold_the_configurations_per_backend(tmp_path) -> None:
     text = report.format_markdown(results)
     gpu, cpu = text.split("\n\n")
     assert gpu.splitlines() == [
-        "| config (DESIGN.md) | gpunn CuPy | PyTorch eager | PyTorch CUDA graphs "
+        "| config | gpunn CuPy | PyTorch eager | PyTorch CUDA graphs "
         "| gpunn / PyTorch eager | GFLOP/s | % of CuPy GEMM |",
         "|---|---|---|---|---|---|---|",
         "| mlp-b32 784-256-10 | 900k/s | 300k/s | 600k/s | 3.00 | 1080.0 | 2.2 |"]
@@ -327,11 +365,25 @@ def test_cli_hook_arguments() -> None:
     args = parser.parse_args(["--configs", "seed", "--backends", "numpy", "--batch-sizes",
                               "4,8", "--quick", "--json", "x.json", "--plot", "x.png",
                               "--no-peers", "--repeats", "2"])
-    assert (args.configs, args.backends, args.batch_sizes) == ("seed", "numpy", "4,8")
+    assert (args.configs, args.backends, args.batch_sizes) == ([CONFIGS["seed"]], ["numpy"], [4, 8])
     assert args.quick and not args.peers and args.repeats == 2
     assert (args.json_path, args.plot_path) == ("x.json", "x.png")
-    bad = parser.parse_args(["--configs", "nope"])
-    assert bench.main(bad) == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--configs", "nope"])
+
+
+def test_cli_peers_flag_names_the_peers_to_time(capsys) -> None:
+    from gpunn import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert parser.parse_args([]).peers is True
+    chosen = parser.parse_args(["--peers", "per-sample,torch-compile"]).peers
+    assert chosen == ("torch-compile", "per-sample")  # in the order of runner.PEERS
+    for bad in (["--peers", "nope"], ["--peers", ","], ["--peers", "per-sample", "--no-peers"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert "unknown peer 'nope'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ run_bench end to end
@@ -342,9 +394,6 @@ TINY_SEED = BenchConfig("tinyseed", (16, 6, 3), "sigmoid", "sigmoid", "mse", 3.0
 
 
 def test_run_bench_tiny(tmp_path, monkeypatch) -> None:
-    gpunn = pytest.importorskip("gpunn")
-    if not hasattr(gpunn, "Network"):
-        pytest.skip("gpunn.Network is not available yet")
     monkeypatch.setitem(runner.DATA_BYTES, "cpu", 64 * 1024)
     saved = []
     res = runner.run_bench(configs=[TINY, TINY_SEED], backends="numpy", batch_sizes=[4, 8],
@@ -397,6 +446,54 @@ def test_run_bench_rejects_bad_backend() -> None:
         runner.run_bench(configs=[TINY], backends="tpu", log=None, peers=False)
 
 
+def test_peers_selected_and_torch_compile_left_out_of_quick_runs() -> None:
+    everyone = ("torch-eager", "torch-compile", "torch-cuda-graph", "torch-amp", "per-sample")
+    assert runner.select_peers(True) == everyone == runner.PEERS
+    assert "torch-compile" not in runner.select_peers(True, quick=True)
+    assert runner.select_peers(False) == runner.select_peers(False, quick=True) == ()
+    assert runner.select_peers("per-sample,torch-compile", quick=True) == (
+        "torch-compile", "per-sample")
+    with pytest.raises(InputError, match="unknown peer 'jax'"):
+        runner.select_peers(["torch-eager", "jax"])
+
+
+def test_torch_compile_runs_at_the_configurations_own_batch_only(monkeypatch) -> None:
+    """Compiling is slow: the compiled peer is built for the selected configurations, not for
+    the rest of the sweep, and only when asked for (by name) under --quick."""
+    from gpunn.bench import contenders as C
+
+    built = []
+
+    def make(cfg, backend, batch, *args, **kwargs):
+        built.append((cfg.name, batch))
+        raise C.Skip("recorded")
+
+    monkeypatch.setattr(C, "make_torch_compile", make)
+    monkeypatch.setitem(runner.DATA_BYTES, "cpu", 64 * 1024)
+    options = {"configs": [TINY], "backends": "numpy", "batch_sizes": [4, 8], "repeats": 1,
+               "log": None, "target_s": 0.002, "gemm_n": 32}
+    runner.run_bench(quick=True, **options)
+    assert built == []
+    res = runner.run_bench(quick=True, peers=["torch-compile"], **options)
+    assert built == [("tiny", 8)]
+    assert {"contender": "torch-compile", "backend": "numpy", "reason": "recorded"} in (
+        res["skipped"])
+    assert res["settings"]["peers"] == ["torch-compile"]
+
+
+def test_numpy_backend_has_no_tf32_and_its_gemm_takes_the_option() -> None:
+    """``tf32=True`` asks for TensorFloat-32 products, a GPU setting: on NumPy it changes
+    nothing, and the GEMM is reported as plain float32."""
+    from gpunn.bench import contenders as C
+
+    numpy_ops = get_backend("numpy")
+    with numpy_ops.tf32_scope(True):
+        assert numpy_ops.tf32_in_use() is False
+    gemm = C.backend_gemm("numpy", 32, repeats=1, tf32=True)
+    assert gemm["dtype"] == "float32" and gemm["gflops"] > 0
+    assert isinstance(C.backend_timer(numpy_ops), HostTimer)
+
+
 def test_module_constants_consistent() -> None:
     assert cfgmod.CONFIGS["wide-b1024"].weights == 3 * 2048 * 2048 + 20480
 
@@ -417,6 +514,57 @@ def test_torch_peer_does_the_same_math(cfg) -> None:
         np.testing.assert_allclose(lin.weight.detach().numpy(), W, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(lin.bias.detach().numpy(), b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(start[0][0], net.get_params()[0][0])  # it did train
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")  # torch.compile's own use
+def test_compiled_peer_trains_as_the_eager_one() -> None:
+    """torch.compile of the eager step, compiled while it is built (``compile_s`` reported,
+    the weights put back after that first step): the same weights as PyTorch eager after the
+    same steps. Skipped, with the reason, where torch.compile cannot run."""
+    torch = pytest.importorskip("torch")
+    from gpunn.bench import contenders as C
+
+    data = C.SyntheticData(TINY.layers[0], TINY.layers[-1], 64, seed=0)
+    start = C.make_network(TINY, "numpy").get_params()
+    try:
+        compiled = C.make_torch_compile(TINY, "numpy", 8, data, start)
+    except C.Skip as exc:
+        pytest.skip(str(exc))
+    assert compiled.name == "torch-compile" and compiled.info["compile_s"] > 0
+    lins = [m for m in compiled.model if isinstance(m, torch.nn.Linear)]
+    np.testing.assert_array_equal(lins[0].weight.detach().numpy(), start[0][0])
+    eager = C.make_torch_eager(TINY, "numpy", 8, data, start)
+    for peer in (compiled, eager):
+        peer.run(5)
+    pairs = zip(compiled.model.parameters(), eager.model.parameters(), strict=True)
+    for got, want in pairs:
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5,
+                                   atol=1e-6)
+    assert not np.allclose(lins[0].weight.detach().numpy(), start[0][0])  # it did train
+
+
+def test_compiled_peer_is_skipped_where_torch_compile_cannot_run(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    import shutil
+
+    from gpunn.bench import contenders as C
+
+    data = C.SyntheticData(TINY.layers[0], TINY.layers[-1], 16, seed=0)
+    start = C.make_network(TINY, "numpy").get_params()
+
+    def failing_compile(fn, **options):
+        def compiled(*args):
+            raise RuntimeError("backend 'inductor' failed\nwith a long story")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    with pytest.raises(C.Skip, match=r"torch.compile failed here: RuntimeError: backend "
+                                     r"'inductor' failed$"):
+        C.make_torch_compile(TINY, "numpy", 8, data, start)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(C.Skip, match="needs a C\\+\\+ compiler"):
+        C.make_torch_compile(TINY, "numpy", 8, data, start)
 
 
 def test_mixed_precision_peer_follows_pytorchs_recipe() -> None:
@@ -513,6 +661,7 @@ def test_peers_get_gpunns_precision_under_tf32(simulated, monkeypatch) -> None:
         return make
 
     monkeypatch.setattr(C, "make_torch_eager", peer("torch-eager"))
+    monkeypatch.setattr(C, "make_torch_compile", peer("torch-compile"))
     monkeypatch.setattr(C, "make_torch_cuda_graph", peer("torch-cuda-graph"))
     monkeypatch.setattr(C, "make_torch_amp", peer("torch-amp"))
     monkeypatch.setattr(C, "torch_gemm", peer("torch-gemm"))

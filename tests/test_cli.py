@@ -104,7 +104,7 @@ def test_predict_writes_classes_and_probabilities(trained, tmp_path):
     out = tmp_path / "pred.csv"
     done = gpunn_cmd("predict", str(paths["model.npz"]), str(inputs), "--out", str(out))
     assert done.returncode == 0, done.stderr
-    rows = list(csv.reader(out.open()))
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert rows[0] == ["prediction", *(f"p{k}" for k in range(10))]
     assert len(rows) == 13
     probabilities = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
@@ -291,12 +291,11 @@ def _mpi4py_available() -> bool:
     return True
 
 
-def test_distributed_without_the_module_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.delattr(gpunn, "distributed", raising=False)
-    monkeypatch.setitem(sys.modules, "gpunn.distributed", None)
-    assert cli.main(["train", "--distributed", "mpi", "--backend", "numpy"]) == 2
+def test_distributed_without_mpi4py_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    assert cli.main(["train", "--distributed", "mpi", "--backend", "numpy"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--distributed is not available" in err[0]
+    assert len(err) == 1 and "MPI engine is not available" in err[0] and "gpunn[mpi]" in err[0]
 
 
 @pytest.mark.skipif(not _mpi4py_available(), reason="needs mpi4py (gpunn[mpi])")
@@ -340,9 +339,194 @@ def test_distributed_two_ranks_match_one_process(tmp_path):
         np.testing.assert_allclose(b2, b1, rtol=1e-4, atol=1e-5)
 
 
-def test_info_falls_back_without_the_bench_package(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "gpunn.bench.sysinfo", None)
-    assert cli.main(["info"]) == 0
-    out = capsys.readouterr().out
-    assert f"gpunn      {gpunn.__version__}" in out
-    assert f"numpy      {np.__version__}" in out and "backends" in out
+
+# ---------------------------------------------------------------------- output files
+def _error_of_refused_train(capsys, *flags: str) -> str:
+    """Run gpunn train with ``flags``; check that it was refused before any training and
+    return its one error line."""
+    status = cli.main(["train", "--data", "iris", "--epochs", "1", "--backend", "numpy", *flags])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert captured.out == ""  # nothing trained, nothing printed
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpunn: error: ")
+    return lines[0]
+
+
+def test_train_refuses_one_file_for_two_outputs(tmp_path, capsys):
+    same = str(tmp_path / "same.out")
+    error = _error_of_refused_train(capsys, "--save", same, "--metrics", same)
+    assert "--save and --metrics" in error and "own path" in error
+    assert not (tmp_path / "same.out").exists()
+
+
+def test_train_refuses_an_output_linked_to_another(tmp_path, capsys):
+    (tmp_path / "model.npz").write_bytes(b"an earlier model")
+    (tmp_path / "link.json").symlink_to(tmp_path / "model.npz")
+    error = _error_of_refused_train(capsys, "--save", str(tmp_path / "model.npz"),
+                                    "--metrics", str(tmp_path / "link.json"))
+    assert "--save and --metrics" in error
+    assert (tmp_path / "model.npz").read_bytes() == b"an earlier model"
+
+
+def test_train_refuses_to_write_over_its_data(tmp_path, capsys):
+    data = tmp_path / "run.npz"
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    np.savez(data, X=X, y=(X[:, 0] > 0).astype(int))
+    before = data.read_bytes()
+    error = _error_of_refused_train(capsys, "--data", str(data), "--save", str(data))
+    assert "--save" in error and "is also --data" in error and "another path" in error
+    assert data.read_bytes() == before
+
+
+def test_train_refuses_to_write_metrics_over_the_resumed_model(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    gpunn.Network([4, 3], output="softmax", loss="cross_entropy", backend="numpy").save(model)
+    error = _error_of_refused_train(capsys, "--resume", str(model), "--metrics", str(model))
+    assert "--metrics" in error and "is also --resume" in error
+
+
+def test_output_files_may_replace_an_input_only_where_allowed(tmp_path):
+    from gpunn.cli.parsing import UsageError, check_output_files
+
+    model = tmp_path / "model.npz"
+    model.write_bytes(b"a model")
+    os.link(model, tmp_path / "hard-link.npz")
+    inputs = {"MODEL": str(model), "INPUT": str(tmp_path / "in.csv")}
+    for out in (model, tmp_path / "hard-link.npz", tmp_path / ".." / tmp_path.name / "model.npz"):
+        with pytest.raises(UsageError, match="is also MODEL"):
+            check_output_files({"--out": str(out)}, inputs)
+    written = check_output_files({"--save": str(model), "--plot": None}, {"--resume": str(model)},
+                                 rewrites=[("--save", "--resume")])
+    assert written == {"--save": model, "--plot": None}
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("a" * 300 + ".npz", "no file can be written there"),
+     ("missing/m.npz", "does not exist"),
+     (".", "is a directory")],
+    ids=["name-too-long", "no-folder", "a-folder"],
+)
+def test_train_refuses_an_unwritable_save_before_training(tmp_path, capsys, name, fragment):
+    error = _error_of_refused_train(capsys, "--save", str(tmp_path / name))
+    assert error.startswith("gpunn: error: --save ") and fragment in error
+
+
+def test_train_refuses_a_save_in_a_read_only_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user, not root
+    error = _error_of_refused_train(capsys, "--save", str(tmp_path / "m.npz"))
+    assert "not writable" in error
+
+
+# ---------------------------------------------------------------------- bench flags
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--batch-sizes", "-5"), ("--batch-sizes", "4-2"), ("--seed", "-1"), ("--repeats", "0"),
+     ("--time-budget", "-1"), ("--time-budget", "nan"), ("--configs", "nope"),
+     ("--backends", "tpu")],
+)
+def test_bench_refuses_bad_values_naming_the_flag(flag, value, monkeypatch, capsys):
+    import gpunn.bench
+
+    def must_not_run(**kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(gpunn.bench, "run_bench", must_not_run)
+    assert cli.main(["bench", flag, value]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gpunn: error: argument {flag}: ")
+
+
+# ---------------------------------------------------------------------- predict's inputs
+@pytest.fixture()
+def four_inputs(tmp_path):
+    """A model taking 4 features (no stored scaler), and a way to run predict in process."""
+    net = gpunn.Network([4, 3], output="softmax", loss="cross_entropy", backend="numpy", seed=1)
+    model = tmp_path / "m.npz"
+    net.save(model)
+
+    def predict(inputs, capsys):
+        out = tmp_path / "p.csv"
+        out.unlink(missing_ok=True)
+        status = cli.main(["predict", str(model), str(inputs), "--out", str(out),
+                           "--backend", "numpy"])
+        err = capsys.readouterr().err.strip().splitlines()
+        return status, (out.read_text() if out.exists() else None), err
+
+    return net, predict
+
+
+SAMPLES = np.array([[0.5, 1.0, -2.0, 3.0], [1.5, 0.0, 0.25, -1.0], [2.0, 2.0, 2.0, 2.0]])
+
+
+def test_predict_reads_what_train_reads(four_inputs, tmp_path, capsys):
+    import gzip
+
+    net, predict = four_inputs
+    plain = tmp_path / "plain.csv"
+    np.savetxt(plain, SAMPLES, delimiter=",")
+    status, expected, err = predict(plain, capsys)
+    assert status == 0, err
+    rows = [r.split(",") for r in expected.splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == net.predict(SAMPLES).argmax(axis=1).tolist()
+    lines = [",".join(repr(v) for v in row) for row in SAMPLES.tolist()]
+    variants = {
+        "x.npy": lambda p: np.save(p, SAMPLES),
+        "x.npz": lambda p: np.savez(p, X=SAMPLES),
+        "semicolon.csv": lambda p: p.write_text("\n".join(x.replace(",", ";") for x in lines)),
+        "tabs.csv": lambda p: p.write_text("\n".join(x.replace(",", "\t") for x in lines)),
+        "quoted.csv": lambda p: p.write_text(
+            "\n".join(",".join(f'"{v!r}"' for v in row) for row in SAMPLES.tolist())),
+        "bom.csv": lambda p: p.write_bytes(("a,b,c,d\n" + "\n".join(lines)).encode("utf-8-sig")),
+        "comments.csv": lambda p: p.write_text("# samples\n" + "\n".join(lines) + "\n"),
+        "x.csv.gz": lambda p: p.write_bytes(gzip.compress("\n".join(lines).encode())),
+    }
+    for name, write in variants.items():
+        write(tmp_path / name)
+        status, text, err = predict(tmp_path / name, capsys)
+        assert status == 0, (name, err)
+        assert text == expected, name
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ("0.5,,-2,3\n1.5,0,0.25,-1\n", ["line 1, column 2", "empty cell"]),
+        ("a,b,c,d\n1,2,3,4\n1_000,2,3,4\n", ["line 3, column 1", "'1_000'"]),
+        ("1e300,1,2,3\n", ["1e+300", "beyond the range of float32"]),
+        ("1,2,3,4,0\n", ["5 features", "label column"]),
+    ],
+)
+def test_predict_csv_errors_are_precise(four_inputs, tmp_path, capsys, content, fragments):
+    _, predict = four_inputs
+    p = tmp_path / "x.csv"
+    p.write_text(content)
+    status, text, err = predict(p, capsys)
+    assert status == 1 and text is None
+    assert len(err) == 1 and err[0].startswith("gpunn: error: "), err
+    assert "unexpected" not in err[0]
+    for fragment in fragments:
+        assert fragment in err[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fragments"),
+    [
+        ("x.npz", lambda p: np.savez(p, X=np.ones(4)), ["1-D", "reshape(1, -1)"]),
+        ("x.npz", lambda p: (np.savez(p, X=np.ones((40, 4))),
+                             p.write_bytes(p.read_bytes()[:-30])), ["not a readable NumPy"]),
+        ("x.npy", lambda p: (np.save(p, np.ones((40, 4))),
+                             p.write_bytes(p.read_bytes()[:-30])), ["not a readable NumPy"]),
+        ("x.csv", lambda p: p.write_bytes("größe\n1,2,3,4\n".encode("latin-1")), ["UTF-8"]),
+    ],
+)
+def test_predict_bad_input_files_are_one_line_data_errors(four_inputs, tmp_path, capsys, name,
+                                                          make, fragments):
+    _, predict = four_inputs
+    make(tmp_path / name)
+    status, text, err = predict(tmp_path / name, capsys)
+    assert status == 1 and text is None
+    assert len(err) == 1 and "unexpected" not in err[0], err
+    for fragment in fragments:
+        assert fragment in err[0]

@@ -7,7 +7,10 @@ import os
 import re
 import sys
 import tempfile
+import tracemalloc
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import gpunn.data as gpunn_data
 from gpunn.data import (
     DATASETS,
     DEFAULT_DATASET,
@@ -23,11 +27,12 @@ from gpunn.data import (
     check_labels,
     load_arrays,
     load_dataset,
+    load_features,
     one_hot,
     read_idx,
     write_idx,
 )
-from gpunn.errors import DataError
+from gpunn.errors import DataError, InputError, InputTypeError
 
 # --------------------------------------------------------------------------------------------
 # builtin datasets
@@ -336,7 +341,7 @@ def test_npz_float32_stays_float32(tmp_path: Path) -> None:
         ({"X": np.zeros((0, 2)), "y": np.zeros(0, int)}, "no samples"),
         ({"X": np.array([["a", "b"]]), "y": np.arange(1)}, "must be numeric"),
         ({"X": np.zeros((3, 2)), "y": np.array([1, 2, 3])}, "1 to 3.*subtract 1"),
-        ({"X": np.zeros((3, 2)), "y": np.array([0.0, 0.5, 1.0])}, "integer class labels"),
+        ({"X": np.zeros((3, 2)), "y": np.array([0.0, 0.5, 1.0])}, "non-integer values"),
     ],
 )
 def test_npz_malformed(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
@@ -352,7 +357,7 @@ def test_npz_nan_rejected(tmp_path: Path) -> None:
     X[4, 0] = np.inf
     p = tmp_path / "d.npz"
     np.savez(p, X=X, y=np.arange(5) % 2)
-    with pytest.raises(DataError, match=r"2 NaN or infinite values.*sample 3"):
+    with pytest.raises(DataError, match=r"NaN or infinite values in 2 sample.*row 3"):
         load_arrays(p)
 
 
@@ -406,6 +411,17 @@ def test_csv_header_without_label_column_uses_last(tmp_path: Path) -> None:
     assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
 
 
+def test_labels_that_skip_most_class_numbers_are_refused(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 3},{(0, 1, 1000)[i % 3]}\n" for i in range(30))
+    with pytest.raises(DataError, match=r"0 to 1000 but only 3 distinct.*np.unique"):
+        load_dataset(write_text(tmp_path / "d.csv", rows))
+
+
+def test_labels_with_a_few_absent_classes_keep_one_output_per_number(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 3},{(0, 1, 3)[i % 3]}\n" for i in range(30))
+    assert load_dataset(write_text(tmp_path / "d.csv", rows)).n_classes == 4
+
+
 @pytest.mark.parametrize("label_column", ["cls", "CLS", 1, -2])
 def test_csv_label_column_by_name_and_index(tmp_path: Path, label_column: str | int) -> None:
     p = write_text(tmp_path / "d.csv", "a,cls,b\n1,0,2\n3,1,4\n5,1,6\n")
@@ -435,9 +451,9 @@ def test_csv_semicolon_and_gzip(tmp_path: Path) -> None:
         ("1,2,0\n3,4,1\n", {"label_column": "label"}, "no header row.*index"),
         ("a,b\n1,0\n", {"label_column": "z"}, "no column 'z'.*a, b"),
         ("a,b\n1,0\n", {"label_column": 5}, "label_column=5 is out of range"),
-        ("a,b,label\n1,2,1\n3,4,2\n", {}, "labels run from 1 to 2.*subtract 1"),
-        ("a,b,label\n1,nan,0\n3,4,1\n", {}, "1 NaN or infinite.*line 2"),
-        ("a,b,label\n1,2,0.5\n", {}, "integer class labels"),
+        ("a,b,label\n1,2,1\n3,4,2\n", {}, "labels from 1 to 2.*subtract 1"),
+        ("a,b,label\n1,nan,0\n3,4,1\n", {}, "NaN or infinite values in 1 sample.*line 2"),
+        ("a,b,label\n1,2,0.5\n", {}, "non-integer values"),
         ("label\n1\n", {}, "needs feature columns"),
     ],
 )
@@ -485,20 +501,21 @@ def test_zero_fractions_give_empty_parts(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
-        ({"test_fraction": 1.0}, r"test_fraction must be in \[0, 1\)"),
-        ({"test_fraction": float("nan")}, "test_fraction must be in"),
-        ({"val_fraction": "0.1"}, "val_fraction must be a number"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "leaves no training data"),
-        ({"val_fraction": 0.001}, "leaves the validation split empty"),
-        ({"dtype": "int32"}, "float32 or float64"),
-        ({"seed": 1.5}, "seed must be an integer"),
+        ({"val_fraction": -0.1}, InputError, r"val_fraction must lie in \[0, 1\)"),
+        ({"test_fraction": 1.0}, InputError, r"test_fraction must lie in \[0, 1\)"),
+        ({"test_fraction": float("nan")}, InputError, "test_fraction must lie in"),
+        ({"val_fraction": "0.1"}, InputTypeError, "val_fraction must be a number"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, DataError, "leaves no training data"),
+        ({"val_fraction": 0.001}, DataError, "leaves the validation split empty"),
+        ({"dtype": "int32"}, InputTypeError, "'float32' or 'float64'"),
+        ({"seed": 1.5}, InputTypeError, "seed must be an integer"),
+        ({"seed": -1}, InputError, "seed must be at least 0, got -1"),
     ],
 )
-def test_bad_split_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
-    with pytest.raises(DataError, match=match):
+def test_bad_split_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
         load_dataset(id_npz(tmp_path), **kwargs)
 
 
@@ -561,7 +578,7 @@ def test_scaler_errors() -> None:
     s = MinMaxScaler().fit(np.zeros((2, 2)))
     with pytest.raises(DataError, match="3 features but the scaler was fitted on 2"):
         s.transform(np.zeros((1, 3)))
-    with pytest.raises(DataError, match=r"NaN or infinite.*sample 1"):
+    with pytest.raises(DataError, match=r"NaN or infinite.*row 1"):
         MinMaxScaler().fit(np.array([[0.0], [np.nan]]))
     with pytest.raises(DataError, match="missing scaler_max"):
         MinMaxScaler.from_arrays({"scaler_min": np.zeros(2)})
@@ -593,12 +610,12 @@ def test_one_hot() -> None:
     assert Y.dtype == np.float32 and Y.shape == (4, 4)
     assert Y.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
     assert one_hot([1], 2, dtype="float64").dtype == np.float64
-    with pytest.raises(DataError, match="label 3 but there are only 3 classes"):
+    with pytest.raises(DataError, match=r"labels from 0 to 3.*with 3 classes.*0\.\.2"):
         one_hot([0, 3], 3)
 
 
 def test_labels_one_to_k_rejected_with_hint() -> None:
-    hint = "labels run from 1 to 10; gpunn expects 0 to 9: subtract 1"
+    hint = "labels from 1 to 10.*they seem to run from 1 to 10: subtract 1"
     with pytest.raises(DataError, match=hint):
         check_labels(np.arange(1, 11))
     with pytest.raises(DataError, match=hint):
@@ -617,12 +634,230 @@ def test_check_labels_accepts_integer_like() -> None:
     [
         (np.array(["a", "b"]), "np.unique"),
         (np.eye(3), "argmax"),
-        (np.array([0, -1]), "negative label -1 at sample 1"),
+        (np.array([0, -1]), r"labels from -1 to 0.*must start at 0"),
         (np.array([], dtype=int), "empty"),
-        (np.array([0.0, np.nan]), "NaN or infinite labels"),
-        (np.array([3, 5]), "labels run from 3 to 5.*remap"),
+        (np.array([0.0, np.nan]), "NaN or infinite values.*row 1"),
+        (np.array([3, 5]), "labels from 3 to 5.*renumber"),
     ],
 )
 def test_check_labels_rejects(y: np.ndarray, match: str) -> None:
     with pytest.raises(DataError, match=match):
         check_labels(y)
+
+
+# --------------------------------------------------------------------------------------------
+# the CSV rules shared by training and prediction
+
+
+def sixty_rows(first: str) -> str:
+    """A 5-column CSV (label last) of 60 rows without a header, ``first`` being the first."""
+    rows = [f"{i / 60:.3f},0.1,0.2,0.3,{i % 2}" for i in range(1, 60)]
+    return "\n".join([first, *rows]) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("first", "match"),
+    [
+        ("0.512,,0.144,0.949,0", r"line 1, column 2: an empty cell"),
+        ("NA,0.3,0.144,0.949,0", r"line 1, column 1: non-numeric value 'NA'"),
+        ("0.512,0.3,0.144,0.949,n/a", r"line 1, column 5: .*label column"),
+    ],
+)
+def test_csv_first_row_with_a_bad_cell_is_data_not_a_header(
+    tmp_path: Path, first: str, match: str
+) -> None:
+    p = write_text(tmp_path / "d.csv", sixty_rows(first))
+    with pytest.raises(DataError, match=match):
+        load_arrays(p)
+    with pytest.raises(DataError, match=match.split(":")[0]):
+        load_features(write_text(tmp_path / "x.csv", sixty_rows(first)))
+
+
+def test_csv_header_is_a_row_without_numbers(tmp_path: Path) -> None:
+    X, _ = load_arrays(write_text(tmp_path / "d.csv", "a,,c,d,label\n" + sixty_rows("1,2,3,4,0")))
+    assert X.shape == (60, 4)  # an unnamed column does not make the header data
+    with pytest.raises(DataError, match=r"line 1, column 4: non-numeric value 'label'.*header"):
+        load_arrays(write_text(tmp_path / "n.csv", "0,1,2,label\n1,2,3,0\n"))
+
+
+def test_csv_byte_order_mark_and_encoding(tmp_path: Path) -> None:
+    p = tmp_path / "bom.csv"
+    p.write_bytes("cls,a,b\n0,1,2\n1,3,4\n".encode("utf-8-sig"))
+    X, y = load_arrays(p, label_column="cls")
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
+    assert load_features(p).shape == (2, 3)
+    p.write_bytes("größe,b,label\n1,2,0\n".encode("latin-1"))
+    for load in (load_arrays, load_features):
+        with pytest.raises(DataError, match=r"not UTF-8 text.*CSV UTF-8"):
+            load(p)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'a,b,label\n"1","2",0\n3,4,"1"\n',  # quoted numbers
+        "a;b;label\n1;2;0\n3;4;1\n",
+        "a\tb\tlabel\n1\t2\t0\n3\t4\t1\n",
+        "# made by hand\na,b,label\n1,2,0\n\n# the second sample\n3,4,1\n",  # comments
+        'a, b, label\n1, "2", 0\n3, 4, 1\n',  # spaces after commas: read in Python, not NumPy
+    ],
+)
+def test_csv_dialects_are_read_alike_for_training_and_prediction(
+    tmp_path: Path, text: str
+) -> None:
+    p = write_text(tmp_path / "d.csv", text)
+    X, y = load_arrays(p)
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
+    assert load_features(p).tolist() == [[1, 2, 0], [3, 4, 1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a,b,label\n1_000,2,0\n3,4,1\n", r"line 2, column 1 \('a'\): non-numeric value '1_000'"),
+        ("a,b,label\n1,2,0\n3,٣,1\n", r"line 3, column 2 \('b'\): non-numeric value '٣'"),
+        ("a,b,label\n1,2,0 # first\n", r"line 2, column 3.*# starts a comment only"),
+        ("a,b,label\n1,2,0,\n", "line 2 has 4 cells, the first row has 3"),
+        ("# only a comment\n\n", "is empty"),
+    ],
+)
+def test_csv_errors_name_line_and_column(tmp_path: Path, text: str, match: str) -> None:
+    p = write_text(tmp_path / "d.csv", text)
+    with pytest.raises(DataError, match=match):
+        load_arrays(p)
+
+
+def test_csv_value_beyond_float32_is_named_not_called_infinite(tmp_path: Path) -> None:
+    p = write_text(tmp_path / "d.csv", "a,label\n1e300,0\n2,1\n3,0\n4,1\n")
+    with pytest.raises(DataError, match=r"1e\+300, beyond the range of float32.*float64"):
+        load_dataset(p, scale=False, val_fraction=0, test_fraction=0)
+    ds = load_dataset(p, scale=False, val_fraction=0, test_fraction=0, dtype="float64")
+    assert ds.X_train.max() == 1e300
+    # Scaled on a training part without the outlier, a test sample still overflows float32.
+    rows = "".join(f"{i},{i % 2}\n" for i in range(1, 40))
+    p = write_text(tmp_path / "e.csv", "a,label\n1e300,0\n" + rows)
+    with pytest.raises(DataError, match=r"X_test of .*after min-max scaling.*float32"):
+        for seed in range(50):  # until the outlier falls in the test part
+            ds = load_dataset(p, seed=seed, val_fraction=0, test_fraction=0.5)
+            assert ds.X_train.max() <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# load_features: the samples gpunn predict reads
+
+
+def test_load_features_npy_npz_and_images(tmp_path: Path) -> None:
+    X = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.save(tmp_path / "x.npy", X)
+    np.savez(tmp_path / "named.npz", X=X, other=np.zeros(3))
+    np.savez(tmp_path / "single.npz", samples=X)
+    for name in ("x.npy", "named.npz", "single.npz"):
+        got = load_features(tmp_path / name)
+        assert got.dtype == np.float32 and np.array_equal(got, X.reshape(2, 12))
+    assert load_features(tmp_path / "x.npy").flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: np.savez(p, X=np.ones(4)), r"1-D with shape \(4,\).*reshape\(1, -1\)"),
+        (lambda p: np.savez(p, a=np.ones((2, 2)), b=np.ones(2)), "no array named X.*a, b"),
+        (lambda p: np.savez(p, X=np.array([[1, "a"]], dtype=object)), "object"),
+        (lambda p: np.savez(p, X=np.array([[1.0, np.nan]])), r"NaN or infinite.*row 0"),
+        (lambda p: np.savez(p, X=np.zeros((0, 3, 2))), "no samples"),
+        (lambda p: p.write_bytes(b"junk"), "not a NumPy file"),
+    ],
+)
+def test_load_features_refuses_bad_arrays(tmp_path: Path, make: Any, match: str) -> None:
+    p = tmp_path / "x.npz"
+    make(p)
+    with pytest.raises(DataError, match=match):
+        load_features(p)
+
+
+def test_load_features_truncated_npz_and_npy(tmp_path: Path) -> None:
+    for name, save in (("x.npz", lambda p: np.savez(p, X=np.ones((50, 4)))),
+                       ("x.npy", lambda p: np.save(p, np.ones((50, 4))))):
+        p = tmp_path / name
+        save(p)
+        p.write_bytes(p.read_bytes()[:-40])
+        with pytest.raises(DataError, match="not a readable NumPy file"):
+            load_features(p)
+
+
+def test_load_features_gzip_csv_and_other_names(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv.gz"
+    p.write_bytes(gzip.compress(b"1;2\n3;4\n"))
+    assert load_features(p).tolist() == [[1, 2], [3, 4]]
+    assert load_features(write_text(tmp_path / "one.csv", "5\n6\n")).shape == (2, 1)
+    with pytest.raises(DataError, match=r"use a \.csv"):
+        load_features(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="does not exist"):
+        load_features(tmp_path / "gone.npy")
+
+
+# --------------------------------------------------------------------------------------------
+# gzip'd IDX files are checked before they are unpacked
+
+
+def test_idx_gzip_stops_reading_after_the_declared_data(tmp_path: Path) -> None:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip framing
+    payload = packer.compress(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + bytes(10))
+    payload += b"".join(packer.compress(bytes(2**20)) for _ in range(64)) + packer.flush()
+    p = tmp_path / "bomb.idx.gz"
+    p.write_bytes(payload)  # 10 bytes declared, 64 MiB more behind them
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"unexpected bytes after the data of shape \(10,\)"):
+            read_idx(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
+def test_idx_gzip_declaring_more_than_it_can_hold(tmp_path: Path) -> None:
+    p = tmp_path / "t.idx.gz"
+    p.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (2**31).to_bytes(4, "big") + bytes(99)))
+    with pytest.raises(DataError, match=r"declares shape \(2147483648,\).*more than a gzip file"):
+        read_idx(p)
+
+
+def test_idx_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx(tmp_path / "a.idx", np.zeros((4, 5), np.uint8))
+    monkeypatch.setattr(gpunn_data, "_IDX_MAX_BYTES", 16)
+    with pytest.raises(DataError, match=r"declares shape \(4, 5\).*more than gpunn reads"):
+        read_idx(tmp_path / "a.idx")
+
+
+def test_write_idx_to_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=str(tmp_path.name)):
+        write_idx(tmp_path, np.zeros(3, np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# arguments that used to be ignored or leak NumPy's errors
+
+
+@pytest.mark.parametrize("spec", ["npz", "iris"])
+def test_label_column_is_refused_where_it_would_be_ignored(tmp_path: Path, spec: str) -> None:
+    data = str(id_npz(tmp_path)) if spec == "npz" else spec
+    with pytest.raises(DataError, match=r"label column .* only be chosen in CSV"):
+        load_dataset(data, label_column="y")
+    with pytest.raises(DataError, match="only be chosen in CSV"):
+        load_arrays(data, label_column=0)
+
+
+def test_masked_and_sparse_features_are_refused() -> None:
+    import gpunn
+
+    net = gpunn.Network([2, 3], backend="numpy")
+    masked = np.ma.masked_array(np.ones((2, 2)), mask=[[True, False], [False, False]])
+    with pytest.raises(InputTypeError, match=r"masked array with 1 masked value.*filled"):
+        net.predict(masked)
+    with pytest.raises(InputTypeError, match=r"masked array"):
+        net.fit(masked, np.array([0, 1]), progress=False)
+    assert net.predict(np.ma.masked_array(np.ones((2, 2)))).shape == (2, 3)  # nothing masked
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(InputTypeError, match=r"sparse matrix.*X\.toarray\(\)"):
+        net.predict(sparse.csr_matrix(np.ones((2, 2))))

@@ -8,11 +8,13 @@ with NCCL where there are GPUs.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy
@@ -29,10 +31,10 @@ from gpunn.distributed import (
     connect,
     evaluate_distributed,
     launcher_world,
-    shares,
     verify_replicas,
 )
 from gpunn.errors import BackendUnavailableError, GpunnError, InputError
+from gpunn.train import shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "mpi_equivalence.py"
@@ -240,7 +242,7 @@ def test_thread_group_collectives():
 
 @pytest.mark.parametrize(("n", "size"), [(10, 3), (2, 4), (0, 2), (1024, 7), (5, 1)])
 def test_shares_cover_every_row_once(n, size):
-    parts = shares(n, size)
+    parts = [shard_rows(0, n, rank, size) for rank in range(size)]
     assert parts[0][0] == 0 and parts[-1][1] == n
     assert all(parts[r][1] == parts[r + 1][0] for r in range(size - 1))
     lengths = [hi - lo for lo, hi in parts]
@@ -315,6 +317,19 @@ def test_connect_without_mpi4py_says_what_to_install(no_launcher):
 def test_connect_nccl_without_gpu_is_a_clear_error(no_launcher):
     with pytest.raises(BackendUnavailableError, match="NCCL engine is not available"):
         connect("nccl", "numpy")
+    assert distributed.usable_nccl() is None
+    assert distributed.nccl_unavailable_reason() is not None
+
+
+def test_connect_none_chooses_no_backend(monkeypatch):
+    """A single process needs no backend: connect("none") gives no GPU fallback notice."""
+    from gpunn import backend
+
+    monkeypatch.setattr(backend, "_auto_backend", functools.cache(backend._auto_backend))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(connect("none"), SingleProcess)
+    assert backend._auto_backend.cache_info().misses == 0
 
 
 def mpi_or_skip():
@@ -434,7 +449,7 @@ def gpu_count() -> int:
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and an NVIDIA GPU")
 def test_nccl_one_rank_smoke(no_launcher):
-    if distributed.nccl_module() is None:
+    if distributed.usable_nccl() is None:
         pytest.skip(f"NCCL is not available: {distributed.nccl_unavailable_reason()}")
     mpi_or_skip()
     comm = distributed.NCCLCommunicator("cupy")
@@ -462,7 +477,7 @@ def test_nccl_one_rank_smoke(no_launcher):
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu_count() < 2, reason="needs two or more NVIDIA GPUs (one rank per GPU)")
 def test_nccl_ranks_train_like_one_process():
-    if distributed.nccl_module() is None:
+    if distributed.usable_nccl() is None:
         pytest.skip(f"NCCL is not available: {distributed.nccl_unavailable_reason()}")
     done = launch(gpu_count(), "nccl")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -187,9 +187,9 @@ def test_divergence_restores_the_optimizer_state_of_the_last_good_epoch(name):
 def test_divergence_in_the_first_epoch_leaves_a_fresh_optimizer_fresh(name):
     X, Y = regression_data()
     net = gpunn.Network([4, 16, 2], activation="relu", output="identity", backend="numpy")
-    opt = gpunn.optim.make_optimizer(name)
+    opt = gpunn.optim.make_optimizer(name, 1e30)
     with pytest.raises(DivergenceError, match="epoch 1"):
-        net.fit(X, Y, epochs=2, batch_size=8, lr=1e30, optimizer=opt, progress=False)
+        net.fit(X, Y, epochs=2, batch_size=8, optimizer=opt, progress=False)
     assert opt.steps == 0 and opt.state == {}
     assert opt.state_arrays(net.backend) == {}
 
@@ -203,19 +203,19 @@ def test_after_divergence_a_lower_learning_rate_trains_on_as_if_nothing_happened
     def network():
         return gpunn.Network([4, 16, 2], activation="relu", output="identity", backend="numpy")
 
-    net, opt = network(), gpunn.optim.make_optimizer(name)
+    net, opt = network(), gpunn.optim.make_optimizer(name, 1e-3)
     with pytest.raises(DivergenceError):
-        net.fit(X, Y, epochs=3, batch_size=8, lr=1e-3, optimizer=opt,
-                schedule=blow_up_in_epoch_3, progress=False)
-    history = net.fit(X, Y, epochs=2, batch_size=8, lr=1e-3, optimizer=opt, initial_epoch=2,
+        net.fit(X, Y, epochs=3, batch_size=8, optimizer=opt, schedule=blow_up_in_epoch_3,
+                progress=False)
+    history = net.fit(X, Y, epochs=2, batch_size=8, optimizer=opt, initial_epoch=2,
                       progress=False)
     assert all(np.isfinite(history["loss"]))
     assert all(np.isfinite(value).all() for value in opt.state_arrays(net.backend).values())
 
-    ref, ref_opt = network(), gpunn.optim.make_optimizer(name)
-    ref.fit(X, Y, epochs=2, batch_size=8, lr=1e-3, optimizer=ref_opt, progress=False)
-    ref_history = ref.fit(X, Y, epochs=2, batch_size=8, lr=1e-3, optimizer=ref_opt,
-                          initial_epoch=2, progress=False)
+    ref, ref_opt = network(), gpunn.optim.make_optimizer(name, 1e-3)
+    ref.fit(X, Y, epochs=2, batch_size=8, optimizer=ref_opt, progress=False)
+    ref_history = ref.fit(X, Y, epochs=2, batch_size=8, optimizer=ref_opt, initial_epoch=2,
+                          progress=False)
     assert history["loss"] == ref_history["loss"]
     assert_params_equal(net.get_params(), ref.get_params())
     assert_states_equal(opt.state_arrays(net.backend), ref_opt.state_arrays(ref.backend))
@@ -230,3 +230,25 @@ def test_the_cost_bound_of_astronomical_weights_is_infinite_not_an_error():
                         backend="numpy", dtype="float64")
     huge = {"x": 1e200, "y": 0.0, "W": [1e200, 1e200], "b": [0.0, 0.0]}
     assert divergence.cost_bound(net, huge, 2) == np.inf
+
+
+def test_the_magnitudes_read_back_are_the_numpy_ones():
+    """read_back's numbers, computed by Ops methods on the device, against NumPy directly."""
+    from gpunn import divergence
+
+    rng = np.random.default_rng(3)
+    net = gpunn.Network([3, 4, 2], backend="numpy", dtype="float64")
+    net.set_params([(rng.normal(size=W.shape), rng.normal(size=b.shape))
+                    for W, b in net.get_params()])
+    X, Y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    ops = net.backend
+    Xd, Yd = net.device_inputs(X), net.device_targets(Y, 5)
+    cost = ops.zeros((), net.dtype) + 2.5
+    loss_sum, finite, magnitudes = divergence.read_back(
+        ops, cost, net, divergence.data_magnitudes(ops, Xd, Yd)
+    )
+    params = net.get_params()
+    assert (loss_sum, finite) == (2.5, True)
+    assert (magnitudes["x"], magnitudes["y"]) == (np.abs(X).max(), np.abs(Y).max())
+    assert magnitudes["W"] == [np.abs(W).sum(axis=1).max() for W, _ in params]
+    assert magnitudes["b"] == [np.abs(b).max() for _, b in params]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 
+import host_kernels as H
 import numpy
 import pytest
 from gpu_support import CONFIGS, assert_same_training, cupy_ops, data
@@ -47,7 +48,7 @@ def on_device(cupy, args):
 def test_kernel_matches_its_numpy_reference(spec, dtype, device):
     cupy = device.cupy
     for rows, cols in ((1, 1), (7, 5), (257, 33)):
-        host = K.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
+        host = H.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
         on_gpu = on_device(cupy, host)
         spec.build()(*on_gpu)
         spec.reference(*host)
@@ -61,7 +62,7 @@ def test_row_kernels_match_their_references(dtype, shape, device):
     cupy = device.cupy
     rows, cols = shape
     for name in K.ROW_KERNEL_NAMES:
-        host = K.sample_arguments(name, dtype, rows=rows, cols=cols)
+        host = H.sample_arguments(name, dtype, rows=rows, cols=cols)
         on_gpu = on_device(cupy, host)
         kernel = K.row_module().get_function(K.row_kernel_expression(name, dtype))
         dt = numpy.dtype(dtype)
@@ -72,7 +73,7 @@ def test_row_kernels_match_their_references(dtype, shape, device):
         else:
             threads = K.row_threads(rows, limit=512)
             kernel((1,), (threads,), args, shared_mem=threads * dt.itemsize)
-        K.ROW_REFERENCES[name](*host)
+        H.ROW_REFERENCES[name](*host)
         for got, want in zip(on_gpu[:3], host[:3], strict=True):
             numpy.testing.assert_allclose(cupy.asnumpy(got), want, **tol(dtype, 10))
 
@@ -618,7 +619,7 @@ def test_resumed_training_equals_the_straight_run(device, tmp_path, optimizer):
     resumed = gpunn.load(tmp_path / "half.npz", backend=cupy_ops())
     opt = resumed.checkpoint.optimizer()
     opt.load_state_arrays(resumed.backend, resumed.checkpoint.optimizer_state, resumed.dtype)
-    resumed.fit(X, y, epochs=2, initial_epoch=2, **{**options, "optimizer": opt})
+    resumed.fit(X, y, epochs=2, initial_epoch=2, **{**options, "optimizer": opt, "lr": None})
     for (W0, b0), (W1, b1) in zip(straight.get_params(), resumed.get_params(), strict=True):
         numpy.testing.assert_allclose(W1, W0, rtol=1e-12, atol=1e-14)
         numpy.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-14)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 
+import host_kernels as H
 import numpy
 import pytest
 
@@ -243,7 +244,7 @@ def test_each_reference_takes_the_kernels_arguments(spec):
     params = K._split_params(spec.in_params) + K._split_params(spec.out_params)
     assert len(inspect.signature(spec.reference).parameters) == len(params)
     for dtype in DTYPES:
-        args = K.sample_arguments(spec.name, dtype)
+        args = H.sample_arguments(spec.name, dtype)
         assert len(args) == len(params)
         spec.reference(*args)
         outputs = args[spec.n_in :]
@@ -252,9 +253,19 @@ def test_each_reference_takes_the_kernels_arguments(spec):
 
 @pytest.mark.parametrize("name", K.ROW_KERNEL_NAMES)
 def test_row_references_take_the_sample_arguments(name):
+    """A row kernel's reference runs on its sample arguments (z, other, out, rows, cols,
+    lowest) and writes finite values of z's shape and dtype; the softmax rows sum to 1."""
+    rows, cols = 7, 5
     for dtype in DTYPES:
-        args = K.sample_arguments(name, dtype)
-        K.ROW_REFERENCES[name](*args)
+        z, other, out, *sizes = H.sample_arguments(name, dtype, rows=rows, cols=cols)
+        assert sizes[:2] == [rows, cols] and z.shape == (rows, cols)
+        H.ROW_REFERENCES[name](z, other, out, *sizes)
+        assert out.dtype == z.dtype == numpy.dtype(dtype)
+        if name == "gpunn_bias_softmax":
+            assert out.shape == (rows, cols) and numpy.isfinite(out).all()
+            numpy.testing.assert_allclose(out.sum(axis=1), 1.0, **tol(dtype))
+        else:
+            assert out.shape == () and numpy.isfinite(out) and out > 0.5  # 0.5 + the cost
 
 
 def test_every_kernel_body_is_typed_and_named():
@@ -308,12 +319,12 @@ def _compile(source, tmp_path):
 def test_nvcc_compiles_every_kernel_body(dtype, tmp_path):
     """Every elementwise body, reduction expression and row kernel compiles for T = float and
     T = double (to PTX: no GPU needed)."""
-    result = _compile(K.standalone_source(dtype), tmp_path)
+    result = _compile(H.standalone_source(dtype), tmp_path)
     assert result.returncode == 0, result.stderr
 
 
 def test_nvcc_check_catches_a_broken_body(tmp_path):
-    source = K._standalone_elementwise("broken", "T x", "T y", "y = x + undefined_name;")
+    source = H.standalone_elementwise("broken", "T x", "T y", "y = x + undefined_name;")
     result = _compile("typedef float T;\n#include <cstddef>\n" + source, tmp_path)
     assert result.returncode != 0
 
@@ -362,12 +373,10 @@ def test_workspace_nbytes_is_what_a_workspace_allocates():
 
 # ------------------------------------------------------------------------ the CUDA code, on the CPU
 def _host_kernels():
-    import host_kernels
-
-    reason = host_kernels.unavailable_reason()
+    reason = H.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    return host_kernels
+    return H
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -377,7 +386,7 @@ def test_the_cuda_code_run_on_the_cpu_matches_its_reference(spec, dtype):
     (tests/host_kernels.py), computes what its NumPy reference computes."""
     H = _host_kernels()
     for rows, cols in ((1, 1), (7, 5), (33, 17)):
-        want = K.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
+        want = H.sample_arguments(spec.name, dtype, rows=rows, cols=cols)
         got = [a.copy() if isinstance(a, numpy.ndarray) else a for a in want]
         H.run(spec, got, dtype)
         spec.reference(*want)
@@ -394,13 +403,13 @@ def test_the_row_kernels_run_on_the_cpu_match_their_references(dtype, shape):
     H = _host_kernels()
     rows, cols = shape
     for name in K.ROW_KERNEL_NAMES:
-        want = K.sample_arguments(name, dtype, rows=rows, cols=cols)
+        want = H.sample_arguments(name, dtype, rows=rows, cols=cols)
         got = [a.copy() if isinstance(a, numpy.ndarray) else a for a in want]
         if name == "gpunn_bias_softmax":
             H.run_row(name, got, dtype, grid=min(rows, 3), threads=K.row_threads(cols))
         else:
             H.run_row(name, got, dtype, grid=1, threads=K.row_threads(rows, limit=512))
-        K.ROW_REFERENCES[name](*want)
+        H.ROW_REFERENCES[name](*want)
         loose = {key: 10 * value for key, value in tol(dtype).items()}
         for g, w in zip(got[:3], want[:3], strict=True):
             numpy.testing.assert_allclose(g, w, **loose)

@@ -18,8 +18,16 @@ import numpy as np
 import pytest
 
 import gpunn
+from gpunn import files as gfiles
 from gpunn import io as gio
-from gpunn.errors import GpunnError, InputError, InputTypeError, ModelFileError
+from gpunn.errors import (
+    DataError,
+    GpunnError,
+    InputError,
+    InputTypeError,
+    ModelFileError,
+    OutputFileError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +164,7 @@ def test_failing_writer_leaves_previous_file_and_no_temporary(tmp_path, monkeypa
 @pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-temp", "named-temp"])
 def test_interrupt_during_write_cleans_up(tmp_path, monkeypatch, unnamed):
     if not unnamed:
-        monkeypatch.setattr(gio, "_open_unnamed", lambda directory: None)
+        monkeypatch.setattr(gfiles, "_open_unnamed", lambda directory: None)
     path = tmp_path / "model.npz"
     path.write_bytes(b"previous")
 
@@ -165,7 +173,7 @@ def test_interrupt_during_write_cleans_up(tmp_path, monkeypatch, unnamed):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        gio.atomic_write(path, interrupted)
+        gfiles.atomic_write(path, interrupted)
     assert path.read_bytes() == b"previous"
     assert sorted(os.listdir(tmp_path)) == ["model.npz"]
 
@@ -175,9 +183,9 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time
     import numpy
     import gpunn
-    from gpunn import io as gio
+    from gpunn import files
     if sys.argv[2] == "named":
-        gio._open_unnamed = lambda directory: None
+        files._open_unnamed = lambda directory: None
     def slow_savez(handle, **arrays):
         handle.write(b"PK\\x03\\x04" + b"x" * 100000)
         handle.flush()
@@ -218,7 +226,7 @@ def test_killed_save_leaves_previous_file_intact(tmp_path, mode):
     if mode == "named":
         assert len(left) == 2 and left[0].endswith(".tmp"), left  # the dead writer's file
     else:
-        probe = gio._open_unnamed(tmp_path)
+        probe = gfiles._open_unnamed(tmp_path)
         if probe is not None:
             os.close(probe)
             assert left == ["model.npz"]  # the unnamed file vanished with the process
@@ -243,6 +251,66 @@ def test_save_to_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InputTypeError, match="file path"):
         make_net().save(None)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-temp", "named-temp"])
+def test_saving_over_a_private_file_keeps_it_private(tmp_path, monkeypatch, unnamed):
+    if not unnamed:
+        monkeypatch.setattr(gfiles, "_open_unnamed", lambda directory: None)
+    path = tmp_path / "model.npz"
+    make_net(seed=1).save(path)
+    os.chmod(path, 0o600)
+    make_net(seed=2).save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    os.chmod(path, 0o640)
+    make_net(seed=3).save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert same_params(gpunn.load(path, backend="numpy"), make_net(seed=3))
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative-link", "absolute-link"])
+def test_saving_over_a_link_writes_through_to_its_target(tmp_path, relative):
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "model.npz"
+    make_net(seed=1).save(real)
+    link = tmp_path / "latest.npz"
+    link.symlink_to(os.path.join("store", "model.npz") if relative else real)
+    make_net(seed=2).save(link)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert same_params(gpunn.load(real, backend="numpy"), make_net(seed=2))
+    assert sorted(os.listdir(tmp_path / "store")) == ["model.npz"]
+
+
+def test_each_writer_names_its_own_kind_of_file(tmp_path):
+    from gpunn.bench import report
+    from gpunn.cli.output import write_text
+    from gpunn.data import write_idx
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="does not exist"):
+        write_idx(missing / "labels.idx", np.zeros(3, np.uint8))
+    for write in (lambda: write_text(missing / "metrics.json", "{}"),
+                  lambda: report.write_json({}, tmp_path)):
+        with pytest.raises(OutputFileError) as info:
+            write()
+        assert not isinstance(info.value, (ModelFileError, DataError))
+    assert os.listdir(tmp_path) == []
+
+
+def test_data_files_are_written_like_model_files(tmp_path):
+    from gpunn.data import write_idx
+
+    fresh = tmp_path / "fresh.idx"
+    write_idx(fresh, np.zeros(3, np.uint8))
+    assert os.stat(fresh).st_mode & 0o777 == 0o666 & ~_umask()
+    real = tmp_path / "real.idx"
+    real.write_bytes(b"old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.idx"
+    link.symlink_to(real)
+    write_idx(link, np.arange(3, dtype=np.uint8))
+    assert link.is_symlink() and os.stat(real).st_mode & 0o777 == 0o600
+    assert real.read_bytes()[-3:] == bytes([0, 1, 2])
 
 
 @pytest.mark.parametrize(
@@ -272,12 +340,115 @@ def test_save_refuses_non_finite_weights(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def nested(depth: int) -> dict:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return {"deep": value}
+
+
+@pytest.mark.parametrize(
+    "extra, error, fragment",
+    [
+        ({"arrays": {"scaler_min": [np.nan, 0, 0, 0]}}, InputError, "NaN or infinite"),
+        ({"arrays": {"scaler_max": np.array([1.0, np.inf])}}, InputError, "NaN or infinite"),
+        ({"metadata": {"a": "x" * 2**21}}, InputError, "metadata takes"),
+        ({"arrays": [1, 2]}, InputTypeError, "arrays must be a dict"),
+        ({"arrays": {"a": [[1], [1, 2]]}}, InputError, "same length"),
+        ({"metadata": nested(5000)}, InputError, "nested more than"),
+        ({"metadata": nested(gio.MAX_META_DEPTH)}, InputError, "nested more than"),
+    ],
+)
+def test_save_refuses_what_load_would_refuse(tmp_path, extra, error, fragment):
+    path = tmp_path / "model.npz"
+    with pytest.raises(error, match=fragment):
+        make_net().save(path, **extra)
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_refuses_deeply_nested_metadata_that_save_refuses(tmp_path):
+    members = members_of(make_net())
+    members[gio.META_KEY] = meta_array({**meta_of(make_net()), "metadata": nested(100)})
+    refused(write_npz(tmp_path / "model.npz", members), "nested more than")
+    make_net().save(tmp_path / "ok.npz", metadata=nested(gio.MAX_META_DEPTH - 3))
+    gpunn.load(tmp_path / "ok.npz", backend="numpy")
+
+
+def test_extra_arrays_share_one_size_limit_on_save_and_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(gio, "MAX_EXTRA_BYTES", 1 << 20)
+    big = {"a": np.zeros(1 << 17), "b": np.ones(10_000)}  # 1 MiB + 80 kB
+    with pytest.raises(InputError, match="extra arrays take"):
+        make_net().save(tmp_path / "model.npz", arrays=big)
+    assert os.listdir(tmp_path) == []
+    members = {**members_of(make_net()), "extra_a": big["a"], "extra_b": big["b"]}
+    refused(write_npz(tmp_path / "model.npz", members), "extra arrays take")
+    make_net().save(tmp_path / "ok.npz", arrays={"a": big["a"]})
+    assert gpunn.load(tmp_path / "ok.npz", backend="numpy").checkpoint.arrays["a"].size == 1 << 17
+
+
+# ------------------------------------------------------------------ weights beyond the dtype
+def test_set_params_refuses_weights_beyond_float32():
+    net = gpunn.Network([2, 2], backend="numpy")
+    before = net.get_params()
+    with pytest.raises(InputError, match=r"layer 1 W .*1e\+39.*float64"):
+        net.set_params([(np.full((2, 2), 1e39), np.zeros(2))])
+    assert same_params_list(net.get_params(), before)
+    wide = gpunn.Network([2, 2], backend="numpy", dtype="float64")
+    wide.set_params([(np.full((2, 2), 1e39), np.zeros(2))])
+    assert wide.get_params()[0][0][0, 0] == 1e39
+
+
+def same_params_list(a, b):
+    return all(np.array_equal(x, y) for pa, pb in zip(a, b, strict=True)
+               for x, y in zip(pa, pb, strict=True))
+
+
+@pytest.mark.parametrize("key", ["W0", "b1", "optimizer_velocity"])
+def test_float32_model_file_with_float64_values_beyond_its_range(tmp_path, key):
+    net = make_net()
+    members = members_of(net)
+    shape = members[key].shape if key in members else (net.n_params,)
+    members[key] = np.full(shape, 1e300)
+    message = refused(write_npz(tmp_path / "model.npz", members), "float32", "float64")
+    assert (key if key in members_of(net) else "optimizer state 'velocity'") in message
+
+
+def test_predict_refuses_a_model_file_with_weights_beyond_its_dtype(tmp_path, capsys):
+    from gpunn import cli
+
+    members = members_of(make_net())
+    members["W0"] = np.full((5, 4), 1e300)
+    model = write_npz(tmp_path / "model.npz", members)
+    inputs = tmp_path / "x.csv"
+    inputs.write_text("1,2,3,4\n")
+    out = tmp_path / "out.csv"
+    status = cli.main(["predict", str(model), str(inputs), "--out", str(out),
+                       "--backend", "numpy"])
+    assert status != 0
+    assert "W0" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------ refusing bad files
 def test_missing_file_folder_and_bad_path(tmp_path):
     refused(tmp_path / "absent.npz", "does not exist")
     refused(tmp_path, "is a folder")
     with pytest.raises(InputTypeError, match="file path"):
         gpunn.load(None)
+
+
+def test_device_and_pipe_are_not_regular_files(tmp_path):
+    refused("/dev/null", "not a regular file")
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    refused(fifo, "not a regular file")  # refused without opening it (which would block)
+
+
+def test_text_file_named_npz(tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_text("sizes: 4, 5, 3\nweights: none\n")
+    message = refused(path, "not an .npz archive")
+    assert "pickle" not in message
 
 
 def test_random_bytes_and_empty_file(tmp_path):
@@ -489,6 +660,46 @@ def test_zip_bomb_member_is_refused(tmp_path):
     path = write_npz(tmp_path / "model.npz", members, compression=zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 1_000_000
     refused(path, "zip bomb")
+
+
+def test_many_small_compressed_members_are_a_zip_bomb(tmp_path):
+    members = members_of(make_net())
+    for i in range(5):  # each below the size where one member's ratio is checked
+        members[f"extra_pad{i}"] = np.zeros((4 << 20) // 8)
+    path = write_npz(tmp_path / "model.npz", members, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 200_000
+    refused(path, "zip bomb")
+
+
+def test_optimizer_state_beyond_what_the_network_needs_is_refused(tmp_path):
+    net = gpunn.Network([300, 300, 3], backend="numpy")
+    members = members_of(net)
+    for i in range(8):  # each of a valid shape; together far more than any optimizer keeps
+        members[f"optimizer_s{i}"] = np.zeros(net.n_params)
+    refused(write_npz(tmp_path / "model.npz", members), "weights and optimizer state take")
+
+
+def test_member_expanding_past_its_declared_size_is_not_read_on(tmp_path):
+    import tracemalloc
+
+    members = members_of(make_net())
+    declared = npy_bytes(np.zeros(16, np.float32))
+    members["extra_liar"] = declared + bytes(64 << 20)
+    path = write_npz(tmp_path / "model.npz", members, compression=zipfile.ZIP_DEFLATED)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("extra_liar.npy")
+    real = struct.pack("<I", info.file_size)
+    for at in (i for i in range(len(data) - 3) if data[i:i + 4] == real):
+        data[at:at + 4] = struct.pack("<I", len(declared))  # local header and directory
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        refused(path, "truncated or corrupt")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
 
 
 def test_compressed_model_file_loads(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from gradcheck import numerical_gradients
 
 import gpunn
 from gpunn.backend import get_backend
+from gpunn.errors import DivergenceError, NumericalError
 
 HIDDEN = ("sigmoid", "relu", "tanh", "identity")
 HEADS = (  # (output, loss)
@@ -241,3 +244,57 @@ def test_every_combination_trains_without_error(activation, output, loss):
     before = net.loss(X, Y)
     net.fit(X, Y, epochs=20, batch_size=10, lr=0.05, progress=False)
     assert net.loss(X, Y) < before
+
+
+@pytest.mark.parametrize("sizes", [[2**40, 2**40], [10**6, 10**6]])
+def test_a_network_too_large_for_memory_is_refused_before_allocating(sizes):
+    with pytest.raises(gpunn.InputError, match=rf"sizes \[{sizes[0]}, {sizes[1]}\].*GiB"):
+        gpunn.Network(sizes, backend="numpy")
+
+
+def test_non_finite_weights_are_reported_as_weights():
+    net = gpunn.Network([2, 3, 1], backend="numpy")
+    (W1, b1), (W2, b2) = net.get_params()
+    W1[1, 0] = np.nan
+    with pytest.raises(gpunn.InputError, match=r"layer 1 W .*first at index \(1, 0\)") as info:
+        net.set_params([(W1, b1), (W2, b2)])
+    assert "weights and biases must be finite" in str(info.value)
+    assert "sample" not in str(info.value)
+
+
+def overflowing_network():
+    """An identity network whose outputs overflow float32 on inputs within its range."""
+    net = gpunn.Network([2, 1], activation="identity", output="identity", backend="numpy")
+    net.set_params([(np.full((1, 2), 2.0), np.zeros(1))])
+    return net, np.full((3, 2), 3e38, dtype=np.float32), np.zeros(3)
+
+
+@pytest.mark.parametrize("method", ["evaluate", "loss", "gradients"])
+def test_outputs_that_overflow_the_dtype_are_an_error_not_nan(method):
+    net, X, Y = overflowing_network()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy RuntimeWarning on the way
+        with pytest.raises(NumericalError, match=r"overflow float32.*dtype='float64'"):
+            getattr(net, method)(X, Y)
+    assert issubclass(DivergenceError, NumericalError)  # fit's divergence is the same kind
+
+
+def test_predict_warns_once_in_its_own_words_when_outputs_overflow():
+    net, X, _ = overflowing_network()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = net.predict(X)
+    assert np.isinf(outputs).all()
+    assert [str(w.message)[:6] for w in caught] == ["gpunn:"]
+    assert "3 of the 3 rows" in str(caught[0].message)
+
+
+def test_the_layers_above_the_backend_do_their_math_through_ops():
+    """Only the backend uses the array module: the model, the training loop, the divergence
+    check and data parallelism call named Ops methods."""
+    from gpunn import distributed, divergence, network, train
+
+    for module in (network, train, divergence, distributed):
+        assert ".xp" not in inspect.getsource(module), module.__name__
+    # the order of an epoch's batches belongs to the training loop, not to the model
+    assert not hasattr(network, "EpochOrder") and not hasattr(gpunn.Network, "epoch_order")

@@ -174,15 +174,37 @@ def test_default_learning_rates():
     assert Momentum().lr == 0.1 and Momentum().momentum == 0.9
     assert Adam().lr == 0.001
     assert make_optimizer(None).name == "sgd"
-    assert make_optimizer("NESTEROV").nesterov
 
 
-def test_make_optimizer_with_an_instance_overrides_lr():
-    opt = Adam(0.01)
-    assert make_optimizer(opt, 0.5) is opt
-    assert opt.lr == opt.base_lr == 0.5
+def test_nesterov_is_its_own_class():
+    opt = make_optimizer("NESTEROV", 0.1, momentum=0.5)
+    assert type(opt) is Nesterov and opt.name == Nesterov.name == "nesterov"
+    assert isinstance(opt, Momentum) and opt.nesterov and not Momentum().nesterov
+    assert repr(opt).startswith("Nesterov(")
+    assert type(optimizer_from_config(opt.config())) is Nesterov
+    with pytest.raises(TypeError):
+        Momentum(0.1, nesterov=True)  # the class says which update it is
+
+
+def test_an_optimizer_instance_keeps_its_own_settings():
+    """A learning rate given beside an optimizer instance is refused, not silently preferred
+    to the instance's (fit(lr=0.05, optimizer=Adam(lr=0.2)) trained at 0.05)."""
+    opt = Adam(0.2)
+    assert make_optimizer(opt) is opt
+    with pytest.raises(InputError, match="lr cannot be given together with an optimizer"):
+        make_optimizer(opt, 0.05)
     with pytest.raises(InputError, match="instance"):
         make_optimizer(opt, momentum=0.5)
+    assert opt.lr == opt.base_lr == 0.2
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    net = gpunn.Network([3, 2], backend="numpy")
+    before = net.get_params()
+    with pytest.raises(InputError, match="Adam"):
+        net.fit(X, (X[:, 0] > 0).astype(int), lr=0.05, optimizer=opt, progress=False)
+    assert opt.steps == 0
+    for (W, b), (W0, b0) in zip(net.get_params(), before, strict=True):
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(b, b0)
 
 
 @pytest.mark.parametrize(

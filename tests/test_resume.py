@@ -8,6 +8,7 @@ the Python API and through the command line.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -216,3 +217,87 @@ def test_resume_through_the_console_script(tmp_path, npz_data):
     run(*common, "--epochs", "2", "--save", half)
     run("--resume", half, "--epochs", "2", "--save", half, "--backend", "numpy", "--quiet")
     _assert_same_weights(_weights(half), _weights(straight))
+
+
+# ---------------------------------------------------------------------- damaged metadata
+def _with_metadata(source, target, change) -> str:
+    """A copy of the model file ``source`` whose gpunn_train metadata ``change`` edited."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    meta = json.loads(np.load(source)["gpunn_meta"].tobytes())
+    change(meta["metadata"])
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    members["gpunn_meta.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return str(target)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, npz_data):
+    path = str(tmp_path_factory.mktemp("model") / "m.npz")
+    _train("--data", npz_data, "--hidden", "4", "--epochs", "1", "--save", path)
+    return path
+
+
+def _set(field: str, value):
+    def change(metadata):
+        *parents, last = field.split(".")
+        for key in parents:
+            metadata = metadata[key]
+        metadata[last] = value
+
+    return change
+
+
+DAMAGED = [
+    ("split_seed", "abc"),
+    ("split_seed", -5),
+    ("val_fraction", "a tenth"),
+    ("data", 7),
+    ("train.planned_epochs", "x"),
+    ("train.planned_epochs", 10**9),
+    ("train.history", 5),
+    ("train.history", [{"epoch": 1}]),
+    ("train.batch_size", 0),
+    ("train.schedule.name", "warp"),
+    ("train", "x"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), DAMAGED, ids=[f"{f}={v!r}" for f, v in DAMAGED])
+def test_resume_refuses_damaged_metadata_by_name(tmp_path, trained, capsys, field, value):
+    path = _with_metadata(trained, tmp_path / "bad.npz", _set(field, value))
+    capsys.readouterr()
+    more = [] if field == "train.planned_epochs" else ["--epochs", "1"]  # else it is read
+    status = cli.main(["train", "--backend", "numpy", "--quiet", "--resume", path, *more])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1, err
+    assert len(err) == 1 and field in err[0] and "bug" not in err[0], err
+
+
+EVALUATED = [item for item in DAMAGED if not item[0].startswith("train")]
+
+
+@pytest.mark.parametrize(("field", "value"), EVALUATED, ids=[f"{f}={v!r}" for f, v in EVALUATED])
+def test_evaluate_refuses_damaged_metadata_by_name(tmp_path, trained, capsys, field, value):
+    path = _with_metadata(trained, tmp_path / "bad.npz", _set(field, value))
+    capsys.readouterr()
+    status = cli.main(["evaluate", path, "--backend", "numpy"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1, err
+    assert len(err) == 1 and field in err[0] and "bug" not in err[0], err
+
+
+def test_a_huge_planned_run_asks_for_epochs_and_a_flag_replaces_it(tmp_path, trained, capsys):
+    path = _with_metadata(trained, tmp_path / "bad.npz", _set("train.planned_epochs", 10**9))
+    capsys.readouterr()
+    assert cli.main(["train", "--backend", "numpy", "--quiet", "--resume", path]) == 1
+    assert "--epochs" in capsys.readouterr().err
+    _train("--resume", path, "--epochs", "1", "--save", str(tmp_path / "more.npz"))
+    assert _weights(tmp_path / "more.npz").checkpoint.epoch == 2

@@ -271,7 +271,7 @@ def test_an_unshuffled_epoch_writes_its_order_once(simulated, monkeypatch):
     copies = []
     copy_into = on_gpu.backend.copy_into
     monkeypatch.setattr(on_gpu.backend, "copy_into", lambda out, src: (
-        copies.append(out is on_gpu.epoch_order(len(X)).index), copy_into(out, src))[1])
+        copies.append(out is train.epoch_order(on_gpu, len(X)).index), copy_into(out, src))[1])
     opts = [make_optimizer("momentum", 0.1) for _ in nets]
     with on_gpu.backend.training_scope(10):
         for epoch, shuffle in enumerate([False, False, False, True, False, False]):

@@ -217,7 +217,7 @@ def test_single_output_targets():
         ({"epochs": 0}, InputError, ["epochs"]),
         ({"epochs": -1}, InputError, ["epochs"]),
         ({"epochs": 2.0}, InputTypeError, ["epochs"]),
-        ({"lr": 0}, InputError, ["lr", "positive"]),
+        ({"lr": 0}, InputError, ["lr", "> 0"]),
         ({"lr": -0.1}, InputError, ["lr"]),
         ({"lr": float("nan")}, InputError, ["lr", "finite"]),
         ({"lr": float("inf")}, InputError, ["lr", "finite"]),
@@ -247,6 +247,15 @@ def test_a_schedule_function_returning_no_usable_factor_is_refused(net, bad):
                 callbacks=[lambda net, record: history.append(record["epoch"])])
     assert len(history) == 1  # epoch 0 trained, with the factor 1.0
     assert all(np.isfinite(W).all() for W, _ in net.get_params())
+
+
+def test_number_checks_name_the_bound_they_hold():
+    assert validation.check_int("seed", np.int64(0), minimum=0) == 0
+    raises(InputError, lambda: validation.check_int("epochs", 0, minimum=1),
+           "epochs must be at least 1")
+    assert validation.check_float("weight_decay", 0, minimum=0.0, inclusive=True) == 0.0
+    raises(InputError, lambda: validation.check_float("lr", 0, minimum=0.0, inclusive=False),
+           "lr must be a finite number > 0")
 
 
 def test_fit_accepts_edge_values(net):
@@ -385,7 +394,11 @@ def test_explicit_cupy_is_never_hidden_by_the_fallback(fresh_backends, tmp_path)
     gpunn.Network([2, 1], backend="numpy").save(path)
     raises(BackendUnavailableError, lambda: gpunn.load(path, backend="cupy"), "cupy")
     fresh_backends.setenv(backend_module.ENV_VAR, "cupy")
-    raises(BackendUnavailableError, lambda: get_backend("auto"), "cupy")
+    raises(BackendUnavailableError, lambda: get_backend("auto"), "GPUNN_BACKEND=cupy",
+           "Unset GPUNN_BACKEND")
+    # 'auto' fails too while the variable asks for CuPy: the advice must not offer it
+    message = raises(BackendUnavailableError, lambda: get_backend("cupy"), "backend='numpy'")
+    assert "'auto'" not in message
 
 
 def test_environment_variable(fresh_backends):

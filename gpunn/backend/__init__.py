@@ -58,30 +58,42 @@ def get_backend(name: str | Ops | None = "auto") -> Ops:
     """
     if isinstance(name, Ops):
         return name
-    if name is None or name == "auto":
+    from_env = name is None or name == "auto"
+    if from_env:
         name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
         if name == "auto":
             return _auto_backend()
-        where = f"the {ENV_VAR} environment variable"
-    else:
-        where = "backend"
+    where = f"the {ENV_VAR} environment variable" if from_env else "backend"
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
         raise InputError(
             f"{where} is {name!r}; choose one of 'auto', " + ", ".join(map(repr, BACKEND_NAMES))
         )
+    if name.lower() == "cupy":
+        _require_gpu(from_env)
     return _backend(name.lower())
+
+
+def _require_gpu(from_env: bool) -> None:
+    """Raise BackendUnavailableError, saying how to run on the CPU instead, where the 'cupy'
+    backend that was asked for (as an argument, or through GPUNN_BACKEND) cannot run."""
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if from_env:
+        asked = f"{ENV_VAR}={os.environ[ENV_VAR].strip()} asks for backend 'cupy'"
+        instead = f"Unset {ENV_VAR}, or set it to 'numpy' or 'auto', to run on the CPU"
+    else:
+        asked = "backend 'cupy' was requested"
+        instead = "Use backend='numpy' to run on the CPU"
+        if os.environ.get(ENV_VAR, "").strip().lower() != "cupy":
+            instead += " (or 'auto', which falls back to it)"
+    raise BackendUnavailableError(f"{asked}, but it cannot run here: {reason}. {instead}.")
 
 
 @functools.cache
 def _backend(name: str) -> Ops:
     if name == "numpy":
         return NumpyOps()
-    reason = unavailable_reason()
-    if reason is not None:
-        raise BackendUnavailableError(
-            f"backend 'cupy' was requested but cannot run: {reason}. "
-            "Use backend='numpy' (or 'auto') to run on the CPU."
-        )
     from .cupy_ops import CupyOps  # pragma: no cover - needs a GPU
 
     return CupyOps()  # pragma: no cover - needs a GPU

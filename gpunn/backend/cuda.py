@@ -1,8 +1,11 @@
 """The one module that imports CuPy.
 
 A missing CuPy (or one that imports but finds no usable GPU) is stubbed here, so that the rest
-of gpunn imports and runs on NumPy without it. ``cupy`` is the module or ``None``;
-:func:`unavailable_reason` says in words why the GPU cannot be used, and what to do.
+of gpunn imports and runs on NumPy without it. ``cupy`` is the module or ``None`` (``cupyx``
+likewise: the tests use its ``allow_synchronize`` to prove that a step loop never waits for
+the GPU); :func:`unavailable_reason` says in words why the GPU cannot be used, and what to do.
+The few CuPy settings gpunn reads or changes outside the public array API (the compute type
+of float32 matrix products, for TF32) are read and changed here.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import functools
 from types import ModuleType
 
 import numpy
+
+from ..errors import describe
 
 try:  # pragma: no cover - depends on the machine
     import cupy
@@ -51,7 +56,7 @@ def unavailable_reason() -> str | None:
 
 
 def _describe_cuda_failure(exc: Exception) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    text = describe(exc)
     lowered = text.lower()
     if "insufficient" in lowered and "driver" in lowered:
         return (
@@ -90,6 +95,29 @@ def nccl_module() -> ModuleType | None:
         except ImportError:
             return None
     return nccl if getattr(nccl, "available", False) else None
+
+
+def float32_compute_type() -> int:
+    """CuPy's compute type for float32 matrix products now (a recording fixes it)."""
+    return cupy._core.get_compute_type(numpy.float32)
+
+
+def set_float32_compute_type(compute_type: int) -> None:
+    """Set CuPy's compute type for float32 matrix products, process-wide."""
+    cupy._core.set_compute_type(numpy.float32, compute_type)
+
+
+def tf32_compute_type(enabled: bool) -> int:
+    """The compute type of float32 products on TensorFloat-32 (``enabled``) or CuPy's default."""
+    from cupy._core import _routines_linalg as linalg
+
+    return linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+
+
+def tf32_in_use() -> bool:
+    """Whether CuPy's float32 matrix products run on TF32 now (whatever set it: the CuPy
+    backend, ``CUPY_TF32``, the user); False without CuPy."""
+    return cupy is not None and float32_compute_type() == tf32_compute_type(True)
 
 
 def gpu_available() -> bool:

@@ -24,23 +24,8 @@ equivalent of ``CUPY_TF32=1``).
 On a machine without a GPU, ``tests/test_gpu.py`` runs this module on the simulated GPU of
 ``tests/simulated_cupy.py`` (CuPy's API and rules on NumPy: see ``docs/design.md``), which
 checks the Python side: the kernels' arguments, what a recorded step captures, that nothing in
-the step loop synchronises, that the streams are ordered. Still to be checked on a GPU (the
-same tests, marked ``gpu``):
-
-1. every fused kernel equals its NumPy reference (float32, float64), including the two row
-   kernels (softmax and softmax cross-entropy: block reductions) for widths 1..1000+ (the
-   same CUDA text compiled for the CPU already does: ``tests/host_kernels.py``);
-2. capture works for a whole step with the real libraries: cuBLAS GEMMs with ``out=`` on
-   transposed views, CuPy's ``sum(axis=0, out=)``; the allocator hook keeps capture-time
-   temporaries alive. cuBLAS may allocate its workspace while captured (memory nodes in the
-   graph from CUDA 12.2, a failed capture before). If the capture falls back, or replays are
-   slower than expected, the handle needs a fixed workspace first: CuPy 14 binds no
-   ``cublasSetWorkspace``, so that would mean calling the cuBLAS library itself;
-3. ``memory_guard`` turns a real out-of-memory error (CuPy's pool, the CUDA runtime's, or
-   cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``) into ``DeviceMemoryError``;
-4. ``tf32=True`` changes float32 GEMM results (and speed) and nothing else;
-5. speed: the goals against PyTorch eager, ``gpunn bench`` read by
-   ``scripts/gpu_targets.py`` (not tested here).
+the step loop synchronises, that the streams are ordered. What only a real GPU can check is
+listed in ``docs/gpu.md``.
 """
 
 from __future__ import annotations
@@ -55,24 +40,20 @@ from typing import Any
 
 import numpy
 
-from ..errors import DeviceMemoryError
+from ..errors import DeviceMemoryError, InputError, describe
 from . import kernels as K
-from .cuda import cupy
-from .ops import Array, Ops
+from .cuda import (
+    cupy,
+    float32_compute_type,
+    set_float32_compute_type,
+    tf32_compute_type,
+    tf32_in_use,
+)
+from .ops import Array, EventClock, Ops
 
 GRAPHS_ENV = "GPUNN_CUDA_GRAPHS"
 TF32_ENV = "GPUNN_TF32"
 MAX_GRAPHS = 64  # recorded steps kept (least recently used dropped first)
-
-
-def tf32_in_use() -> bool:
-    """Whether CuPy's float32 matrix products run on TF32 now (whatever set it: this backend,
-    ``CUPY_TF32``, the user); False without CuPy."""
-    if cupy is None:
-        return False
-    from cupy._core import _routines_linalg as linalg
-
-    return cupy._core.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -93,6 +74,16 @@ def _out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, cupy.cuda.runtime.CUDARuntimeError):
         return status == 2
     return type(exc).__name__ == "CUBLASError" and status == 3
+
+
+def _device_name(properties: dict[str, Any]) -> str:
+    name = properties["name"]
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _cuda_version(version: int) -> str:
+    """12040 -> '12.4' (CUDA encodes versions as 1000 major + 10 minor)."""
+    return f"{version // 1000}.{(version % 1000) // 10}"
 
 
 def _mib(nbytes: int) -> str:
@@ -188,32 +179,54 @@ class CupyOps(Ops):
 
         A GPU below compute capability 8.0 has no TF32: CuPy then warns and keeps the default,
         and :attr:`tf32` says False."""
-        from cupy._core import _routines_linalg as linalg
-
-        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
-        cupy._core.set_compute_type(numpy.float32, mode)
+        set_float32_compute_type(tf32_compute_type(enabled))
         self.tf32 = tf32_in_use()
 
     @contextlib.contextmanager
     def tf32_scope(self, enabled: bool = True) -> Iterator[None]:
         """TF32 on (or off) for the duration; then CuPy's float32 compute type, whatever set
         it (this backend, ``CUPY_TF32``, the user), is put back as it was."""
-        before, was = cupy._core.get_compute_type(numpy.float32), self.tf32
+        before, was = float32_compute_type(), self.tf32
         self.set_tf32(enabled)
         try:
             yield
         finally:
-            cupy._core.set_compute_type(numpy.float32, before)
+            set_float32_compute_type(before)
             self.tf32 = was
+
+    def tf32_in_use(self) -> bool:
+        """Whether float32 matrix products run on TF32 now, whoever set it."""
+        return tf32_in_use()
 
     def synchronize(self) -> None:
         """Wait for all queued work on this device (every stream)."""
         cupy.cuda.Device().synchronize()
 
     def device_name(self) -> str:
-        device = cupy.cuda.Device()
-        name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
+        return _device_name(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id))
+
+    def device_info(self) -> dict[str, Any]:
+        """The current GPU: its name and number, compute capability, multiprocessors, memory
+        (GiB, total and free) and the CUDA versions of the driver and of the runtime."""
+        runtime = cupy.cuda.runtime
+        device_id = cupy.cuda.Device().id
+        properties = runtime.getDeviceProperties(device_id)
+        free, _total = runtime.memGetInfo()
+        return {
+            "name": _device_name(properties),
+            "device_id": device_id,
+            "device_count": runtime.getDeviceCount(),
+            "compute_capability": f"{properties['major']}.{properties['minor']}",
+            "multiprocessors": properties["multiProcessorCount"],
+            "memory_total_gib": round(properties["totalGlobalMem"] / 2**30, 2),
+            "memory_free_gib": round(free / 2**30, 2),
+            "driver_cuda_version": _cuda_version(runtime.driverGetVersion()),
+            "runtime_cuda_version": _cuda_version(runtime.runtimeGetVersion()),
+        }
+
+    def event_clock(self) -> EventClock:
+        """CUDA events, recorded on :attr:`stream`, where every step runs."""
+        return EventClock(cupy.cuda.Event, cupy.cuda.get_elapsed_time, self.stream)
 
     # ------------------------------------------------------------------ memory and transfers
     def asarray(self, array: Any, dtype: Any = None) -> Array:
@@ -301,7 +314,7 @@ class CupyOps(Ops):
         contract), and must not synchronise with the host. A recording also fixes how its
         matrix products compute (TF32 or not), so CuPy's float32 compute type joins the key.
         """
-        key = (key, cupy._core.get_compute_type(numpy.float32))
+        key = (key, float32_compute_type())
         if not self.graphs or key in self._eager_only:
             self._on_stream(step)
             return
@@ -343,7 +356,7 @@ class CupyOps(Ops):
                 self._warned_capture = True
                 warnings.warn(
                     f"gpunn: a training step could not be recorded as a CUDA graph "
-                    f"({type(exc).__name__}: {exc}); it runs eagerly (set {GRAPHS_ENV}=0 to "
+                    f"({describe(exc)}); it runs eagerly (set {GRAPHS_ENV}=0 to "
                     "skip recording)",
                     RuntimeWarning,
                     stacklevel=4,
@@ -384,7 +397,7 @@ class CupyOps(Ops):
         NumPy scalar of that dtype (so float32 stays float32)."""
         if cupy is not None and isinstance(value, cupy.ndarray):
             if value.dtype != numpy.dtype(dtype) or value.ndim != 0:
-                raise ValueError(f"a device scalar must be 0-d {numpy.dtype(dtype)}, got {value!r}")
+                raise InputError(f"a device scalar must be 0-d {numpy.dtype(dtype)}, got {value!r}")
             return value
         return numpy.dtype(dtype).type(value)
 

@@ -10,10 +10,13 @@ article's equation they implement. :class:`~gpunn.backend.numpy_ops.NumpyOps` an
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy
+
+from ..errors import InputError
 
 Array = Any  # an array of this backend's module (numpy.ndarray, cupy.ndarray)
 
@@ -24,6 +27,16 @@ LOSSES = ("mse", "cross_entropy")
 _SPLITMIX_GAMMA = numpy.uint64(0x9E3779B97F4A7C15)
 _SPLITMIX_M1 = numpy.uint64(0xBF58476D1CE4E5B9)
 _SPLITMIX_M2 = numpy.uint64(0x94D049BB133111EB)
+
+
+class EventClock(NamedTuple):
+    """How to time device work with the device's own events: ``new_event()`` makes an event
+    to ``record(stream)`` on ``stream`` (where the backend's work runs), and
+    ``elapsed_ms(start, end)`` gives the milliseconds between two recorded events."""
+
+    new_event: Callable[[], Any]
+    elapsed_ms: Callable[[Any, Any], float]
+    stream: Any
 
 
 class Ops:
@@ -67,6 +80,14 @@ class Ops:
         out[...] = source
         return out
 
+    def copy(self, array: Array) -> Array:
+        """A new device array holding the same values."""
+        return self.xp.array(array, copy=True)
+
+    def arange(self, n: int) -> Array:
+        """0, 1, ..., n−1 as int64 on the device: the order of an unshuffled epoch."""
+        return self.xp.arange(n, dtype=self.xp.int64)
+
     def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
         """A context entered around a whole fit (BLAS threads, streams); nothing here."""
         return contextlib.nullcontext()
@@ -94,6 +115,24 @@ class Ops:
 
     def device_name(self) -> str:
         return "CPU"
+
+    def device_info(self) -> dict[str, Any]:
+        """What the device is, for a benchmark's record (a GPU says much more)."""
+        return {"name": self.device_name()}
+
+    def event_clock(self) -> EventClock | None:
+        """Device events to time work with; None here: a host clock read after
+        :meth:`synchronize` is exact where the work runs on the host."""
+        return None
+
+    def tf32_scope(self, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """TensorFloat-32 float32 matrix products for the duration: a GPU setting, so here
+        nothing changes."""
+        return contextlib.nullcontext()
+
+    def tf32_in_use(self) -> bool:
+        """Whether float32 matrix products run on TensorFloat-32 now (never here)."""
+        return False
 
     # ------------------------------------------------------------------ affine map
     def affine_forward(self, A_prev: Array, W: Array, b: Array, out: Array) -> Array:
@@ -136,7 +175,7 @@ class Ops:
             return out
         if name == "softmax":
             return self.softmax(Z, out)
-        raise ValueError(f"unknown activation {name!r}")
+        raise InputError(f"unknown activation {name!r}")
 
     def sigmoid(self, Z: Array, out: Array) -> Array:
         """σ(z) = 1 / (1 + e^(−z))."""
@@ -173,7 +212,7 @@ class Ops:
             xp.greater(A, 0, out=scratch)
             delta *= scratch
         elif name != "identity":
-            raise ValueError(f"unknown activation {name!r}")
+            raise InputError(f"unknown activation {name!r}")
         return delta
 
     # ------------------------------------------------------------------ cost and output delta
@@ -342,3 +381,32 @@ class Ops:
         about 1e31 in float32: the network has diverged then too.
         """
         return self.xp.isfinite(self.xp.sum(array))
+
+    # ------------------------------------------------------------------ totals for one read-back
+    def pack_scalars(self, *values: Array) -> Array:
+        """0-d device values (any dtype) as one float64 vector, for a single host transfer."""
+        xp = self.xp
+        return xp.stack([value.astype(xp.float64) for value in values])
+
+    def count_correct(self, A: Array, Y: Array) -> Array:
+        """The number of rows whose largest output a is the target's largest y (with a single
+        output unit: a ≥ 0.5 matches y ≥ 0.5), on the device."""
+        xp = self.xp
+        if A.shape[1] == 1:
+            return xp.count_nonzero((A >= 0.5) == (Y >= 0.5))
+        return xp.count_nonzero(A.argmax(axis=1) == Y.argmax(axis=1))
+
+    def max_abs(self, array: Array) -> Array:
+        """max |a| over the array, a float64 0-d device value (two reductions, no temporary
+        of the array's size)."""
+        xp = self.xp
+        return xp.maximum(array.max(), -array.min()).astype(xp.float64)
+
+    def infinity_norm(self, W: Array) -> Array:
+        """‖W‖_∞ = max_i Σ_j |w_ij|, the largest absolute row sum, a float64 0-d device value."""
+        xp = self.xp
+        return xp.abs(W).sum(axis=1, dtype=xp.float64).max()
+
+    def any_differ(self, a: Array, b: Array) -> Array:
+        """A 0-d device boolean: some element of ``a`` differs from ``b``'s."""
+        return self.xp.any(a != b)

@@ -1,4 +1,5 @@
-"""The benchmark configurations of DESIGN.md section 5, as data, and their FLOP counts.
+"""The benchmark configurations (``docs/design.md``, "Benchmarks"), as data, and their FLOP
+counts.
 
 FLOPs per training sample (one full SGD step's share), with W_l = n_l * n_{l-1} the number
 of weights of layer l:
@@ -16,11 +17,13 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 
 def weight_counts(layers: Sequence[int]) -> list[int]:
     """Number of weights n_l * n_{l-1} of each layer l = 1..L."""
     if len(layers) < 2:
-        raise ValueError(f"layers needs at least an input and an output size, got {list(layers)}")
+        raise InputError(f"layers needs at least an input and an output size, got {list(layers)}")
     return [int(n_out) * int(n_in) for n_in, n_out in itertools.pairwise(layers)]
 
 
@@ -54,7 +57,7 @@ class BenchConfig:
 
     @property
     def flops_per_sample(self) -> int:
-        """FLOPs per training sample as DESIGN.md section 5 defines them."""
+        """FLOPs per training sample, as the module docstring counts them."""
         return flops_per_sample(self.layers)
 
     @property
@@ -81,8 +84,8 @@ class BenchConfig:
 
 
 # The seed keeps the article's small random weights; the ReLU models use He initialisation so
-# that 2048-wide layers neither overflow nor die during a long benchmark (DESIGN leaves init
-# open for them; every contender starts from the same weights either way).
+# that 2048-wide layers neither overflow nor die during a long benchmark (every contender
+# starts from the same weights either way).
 _SEED = dict(layers=(784, 30, 10), activation="sigmoid", output="sigmoid", loss="mse", lr=3.0,
              family="seed")
 _MLP = dict(layers=(784, 256, 256, 10), activation="relu", output="softmax",
@@ -90,7 +93,7 @@ _MLP = dict(layers=(784, 256, 256, 10), activation="relu", output="softmax",
 _WIDE = dict(layers=(2048, 2048, 2048, 2048, 10), activation="relu", output="softmax",
              loss="cross_entropy", lr=0.1, init="he", family="wide")
 
-#: name -> configuration, in the order of DESIGN.md section 5
+#: name -> configuration, in the order of the table in docs/design.md
 CONFIGS: dict[str, BenchConfig] = {
     c.name: c
     for c in (
@@ -122,7 +125,8 @@ def get_configs(names: Iterable[str] | str | None = None) -> list[BenchConfig]:
         else:
             picked = [c for c in CONFIGS.values() if c.family == name]
         if not picked:
-            known = ", ".join(list(CONFIGS) + sorted({c.family for c in CONFIGS.values()}))
-            raise ValueError(f"unknown benchmark configuration {name!r}; known: {known}")
+            families = sorted({c.family for c in CONFIGS.values()})
+            known = ", ".join(dict.fromkeys([*CONFIGS, *families]))  # "seed" is both
+            raise InputError(f"unknown benchmark configuration {name!r}; known: {known}")
         out.extend(c for c in picked if c not in out)
     return out

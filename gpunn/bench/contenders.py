@@ -1,5 +1,5 @@
-"""The contenders: gpunn on each backend, PyTorch (eager, CUDA graphs, mixed precision), the
-per-sample loop, and the float32 GEMM ceiling.
+"""The contenders: gpunn on each backend, PyTorch (eager, compiled, CUDA graphs, mixed
+precision), the per-sample loop, and the float32 GEMM ceiling.
 
 Each ``make_*`` function takes a configuration, a batch size and the shared synthetic data and
 returns a :class:`Contender` whose ``run(steps)`` performs exactly ``steps`` full SGD steps
@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..backend import Ops, get_backend
+from ..errors import InputError, describe
+from ..network import Network
 from . import persample
 from .configs import BenchConfig
 from .sysinfo import blas_threads
@@ -92,7 +98,7 @@ class SyntheticData:
 def steps_per_pass(batch: int, n_samples: int) -> int:
     """How many whole batches the shared data holds."""
     if batch > n_samples:
-        raise ValueError(f"batch size {batch} exceeds the {n_samples} samples generated")
+        raise InputError(f"batch size {batch} exceeds the {n_samples} samples generated")
     return n_samples // batch
 
 
@@ -109,38 +115,24 @@ def _split(steps: int, batch: int, n_samples: int) -> tuple[int, int]:
     if steps <= spp:
         return steps, 1
     if steps % spp:
-        raise ValueError(f"{steps} steps is not a whole number of passes of {spp} steps")
+        raise InputError(f"{steps} steps is not a whole number of passes of {spp} steps")
     return spp, steps // spp
 
 
 # --------------------------------------------------------------------------- gpunn
-def _gpunn() -> Any:
-    import gpunn
-
-    if not hasattr(gpunn, "Network"):
-        raise Skip("gpunn.Network is not available (the core is not importable)")
-    return gpunn
-
-
-def make_network(cfg: BenchConfig, backend: str, seed: int = 0) -> Any:
+def make_network(cfg: BenchConfig, backend: str, seed: int = 0) -> Network:
     """gpunn.Network for ``cfg`` on ``backend``, float32, through the public API."""
-    gpunn = _gpunn()
-    return gpunn.Network(list(cfg.layers), activation=cfg.activation, output=cfg.output,
-                         loss=cfg.loss, init=cfg.init, backend=backend, dtype="float32",
-                         seed=seed)
+    return Network(list(cfg.layers), activation=cfg.activation, output=cfg.output,
+                   loss=cfg.loss, init=cfg.init, backend=backend, dtype="float32", seed=seed)
 
 
-def backend_timer(backend: Any) -> Timer:
-    """CUDA events on the backend's stream for CuPy, a synchronised host clock otherwise."""
-    if getattr(backend, "name", "numpy") == "cupy":
-        from .sysinfo import get_cupy
-
-        cp = get_cupy()
-        if cp is not None:
-            stream = getattr(backend, "stream", None)
-            return CudaEventTimer(cp.cuda.Event, cp.cuda.get_elapsed_time,
-                                  backend.synchronize, stream)
-    return HostTimer(backend.synchronize)
+def backend_timer(backend: Ops) -> Timer:
+    """The device's own events where the backend has them (CUDA events on the stream its
+    work runs on), otherwise a host clock read after the backend has synchronised."""
+    clock = backend.event_clock()
+    if clock is None:
+        return HostTimer(backend.synchronize)
+    return CudaEventTimer(clock.new_event, clock.elapsed_ms, backend.synchronize, clock.stream)
 
 
 def make_gpunn(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
@@ -158,8 +150,7 @@ def make_gpunn(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
                 progress=False)
 
     return Contender("gpunn", be.name, batch, run, backend_timer(be),
-                     {"device": be.device_name() if hasattr(be, "device_name") else be.name},
-                     net)
+                     {"device": be.device_name()}, net)
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -167,7 +158,7 @@ def import_torch() -> Any:
     try:
         import torch
     except Exception as exc:
-        raise Skip(f"PyTorch is not importable ({type(exc).__name__}: {exc})") from None
+        raise Skip(f"PyTorch is not importable ({describe(exc)})") from None
     return torch
 
 
@@ -192,17 +183,14 @@ def torch_model(torch: Any, cfg: BenchConfig, params: list, device: str) -> tupl
     """(model, loss_fn) equal to the gpunn network with weights ``params`` [(W, b), ...].
 
     Softmax + cross-entropy is folded into ``F.cross_entropy`` (logits in, mean over the
-    batch); MSE is ||a - y||^2 summed over outputs, averaged over the batch (DESIGN.md 2).
+    batch); MSE is ||a - y||^2 summed over outputs, averaged over the batch (the costs of
+    ``docs/design.md``).
     """
     nn = torch.nn
     acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
     mods: list[Any] = []
-    for i, (W, b) in enumerate(params):
-        lin = nn.Linear(W.shape[1], W.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
-            lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
-        mods.append(lin)
+    for i, (W, _) in enumerate(params):
+        mods.append(nn.Linear(W.shape[1], W.shape[0]))
         if i < len(params) - 1:
             mods.append(acts[cfg.activation]())
     if cfg.loss == "cross_entropy":
@@ -219,7 +207,17 @@ def torch_model(torch: Any, cfg: BenchConfig, params: list, device: str) -> tupl
             return ((out - y) ** 2).sum(dim=1).mean()
 
     model = nn.Sequential(*mods).to(device)
+    load_params(torch, model, params)
     return model, loss_fn
+
+
+def load_params(torch: Any, model: Any, params: list) -> None:
+    """Copy the weights ``params`` [(W, b), ...] into the model's Linear layers, in order."""
+    layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for layer, (W, b) in zip(layers, params, strict=True):
+            layer.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
+            layer.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
 
 
 def _torch_setup(cfg: BenchConfig, backend: str, data: SyntheticData, params: list,
@@ -321,6 +319,55 @@ def _batch_loop(step: Callable[[Any, Any], None], X: Any, Y: Any, batch: int,
     return run
 
 
+def make_torch_compile(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
+                       params: list, tf32: bool = False) -> Contender:
+    """PyTorch eager's step with the forward pass and the loss compiled by ``torch.compile``
+    (its default inductor backend; AOTAutograd compiles their backward pass as well) and the
+    same SGD update. Compilation happens here, in a first step whose seconds are reported as
+    ``compile_s`` and never timed; the weights are then put back to ``params``. Raises
+    :class:`Skip`, saying why, where torch.compile cannot run (no compiler, a platform or
+    Python it does not support, any error while compiling)."""
+    torch, device, model, loss_fn, X, Y, info = _torch_setup(cfg, backend, data, params, tf32)
+    _require_torch_compile(torch, device)
+    zero_grad, sgd_step = torch_sgd(torch, model, cfg.lr)
+    torch.compiler.reset()  # no recompilation limit met from earlier models: each starts anew
+
+    def model_loss(xb: Any, yb: Any) -> Any:
+        return loss_fn(model(xb), yb)
+
+    start = time.perf_counter()
+    try:
+        compiled_loss = torch.compile(model_loss, dynamic=False)
+
+        def step(xb: Any, yb: Any) -> None:
+            zero_grad()
+            compiled_loss(xb, yb).backward()
+            sgd_step()
+
+        with torch_tf32(tf32):
+            step(X[:batch], Y[:batch])
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except Exception as exc:
+        raise Skip(f"torch.compile failed here: {describe(exc).splitlines()[0]}") from None
+    load_params(torch, model, params)
+    info.update(compile_s=time.perf_counter() - start,
+                compiled="torch.compile(forward and loss, dynamic=False), inductor")
+    return Contender("torch-compile", backend, batch, _batch_loop(step, X, Y, batch, tf32),
+                     _torch_timer(torch, device), info, model)
+
+
+def _require_torch_compile(torch: Any, device: str) -> None:
+    """Skip where torch.compile cannot run at all: a PyTorch without it, or, on the CPU, no
+    C++ compiler for the code inductor generates."""
+    if not hasattr(torch, "compile"):
+        raise Skip(f"torch {torch.__version__} has no torch.compile")
+    compilers = ("g++", "c++", "clang++", "cl")
+    if device == "cpu" and not (os.environ.get("CXX") or any(map(shutil.which, compilers))):
+        raise Skip("torch.compile needs a C++ compiler for its CPU code (g++, clang++ or "
+                   "MSVC's cl), and none is on the PATH")
+
+
 def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
                           params: list, tf32: bool = False) -> Contender:
     """PyTorch with the whole step (forward, backward, SGD update) captured as a CUDA graph;
@@ -347,12 +394,7 @@ def make_torch_cuda_graph(cfg: BenchConfig, backend: str, batch: int, data: Synt
             static_loss = loss_fn(model(static_x), static_y)
             static_loss.backward()
             sgd_step()
-    # start from the same weights as everyone else (the warm-up steps moved them)
-    with torch.no_grad():
-        lins = [m for m in model if isinstance(m, torch.nn.Linear)]
-        for lin, (W, b) in zip(lins, params, strict=True):
-            lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float32)))
-            lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1)))
+    load_params(torch, model, params)  # the warm-up steps moved the weights: start again
 
     def step(xb: Any, yb: Any) -> None:
         static_x.copy_(xb)
@@ -416,7 +458,8 @@ def make_per_sample(cfg: BenchConfig, batch: int, data: SyntheticData, params: l
     def run(steps: int) -> None:
         n = steps * batch
         if n > len(X):
-            raise ValueError("per-sample loop asked for more samples than generated")
+            raise InputError(f"the per-sample loop was asked for {n} samples; "
+                             f"{len(X)} were generated")
         persample.sgd_steps(work, X[:n], onehot[:n], batch, cfg.lr, cfg.activation,
                             cfg.output, cfg.loss)
 
@@ -427,8 +470,8 @@ def make_per_sample(cfg: BenchConfig, batch: int, data: SyntheticData, params: l
 # --------------------------------------------------------------------------- GEMM ceiling
 def gemm_size(backend: str) -> int:
     """The square size whose float32 product stands for the device's ceiling: large enough
-    to run at full rate (smaller products, as --quick once used, read below the network's
-    own rate), small enough to time in turn with every measurement."""
+    to run at full rate (a smaller product can read below the network's own rate), small
+    enough to time in turn with every measurement."""
     return 8192 if backend == "cupy" else 2048
 
 
@@ -446,8 +489,6 @@ def backend_matmul(backend_name: str, n: int, seed: int = 0,
                    dtype: str = "float32") -> tuple[Callable[[], Any], Timer]:
     """An n x n x n product on a gpunn backend (``xp.matmul`` into a preallocated output),
     with the timer for that backend: the GEMM ceiling's unit of work."""
-    from gpunn.backend import get_backend
-
     be = get_backend(backend_name)
     rng = np.random.default_rng(seed)
     A = be.asarray(rng.random((n, n), dtype=np.float32), dtype=dtype)
@@ -459,14 +500,13 @@ def backend_matmul(backend_name: str, n: int, seed: int = 0,
 def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0,
                  dtype: str = "float32", tf32: bool = False) -> dict:
     """The GEMM rate of a gpunn backend: float32 by default; ``tf32`` measures float32 on
-    the GPU's tensor cores (``--tf32``), ``dtype="float16"`` half-precision storage."""
-    from gpunn.backend import get_backend
-    from gpunn.backend.cupy_ops import tf32_in_use
-
+    the GPU's tensor cores (``--tf32``), ``dtype="float16"`` half-precision storage. Without
+    ``tf32`` the product runs in whatever precision is set (TF32 under ``gpunn bench --tf32``),
+    and ``dtype`` in the result says which."""
     be = get_backend(backend_name)
     with be.tf32_scope(True) if tf32 else contextlib.nullcontext():
         matmul, timer = backend_matmul(backend_name, n, seed, dtype)
-        on_tf32 = dtype == "float32" and backend_name == "cupy" and tf32_in_use()
+        on_tf32 = dtype == "float32" and be.tf32_in_use()
         out = gemm_gflops(matmul, n, timer, repeats, dtype=dtype + ("-tf32" if on_tf32 else ""))
     out["library"] = backend_name
     return out

@@ -3,7 +3,8 @@
 For every sample of a mini-batch: forward pass with column vectors, backpropagation, add the
 sample's gradient to a running sum; then one update with the gradient averaged over the batch.
 Written here in plain NumPy, on purpose without batching, to show where everyone starts from.
-The cost and its derivatives are those of DESIGN.md section 2 (MSE: ||a - y||^2 per sample).
+The cost and its derivatives are those of ``docs/design.md`` ("The cost and the output delta":
+MSE is ||a - y||^2 per sample).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..errors import InputError
 
 Params = list[tuple[np.ndarray, np.ndarray]]
 
@@ -28,7 +31,7 @@ def _act(name: str, z: np.ndarray) -> np.ndarray:
     if name == "softmax":
         e = np.exp(z - z.max())
         return e / e.sum()
-    raise ValueError(f"unknown activation {name!r}")
+    raise InputError(f"unknown activation {name!r}")
 
 
 def _act_prime(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -41,7 +44,7 @@ def _act_prime(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
         return 1 - a * a
     if name == "identity":
         return np.ones_like(z)
-    raise ValueError(f"no elementwise derivative for activation {name!r}")
+    raise InputError(f"no elementwise derivative for activation {name!r}")
 
 
 def backprop_sample(params: Params, x: np.ndarray, y: np.ndarray, activation: str,
@@ -64,14 +67,14 @@ def backprop_sample(params: Params, x: np.ndarray, y: np.ndarray, activation: st
     y = y.reshape(-1, 1)
     if loss == "cross_entropy":
         if output != "softmax":
-            raise ValueError("cross_entropy needs the softmax output")
+            raise InputError("cross_entropy needs the softmax output")
         delta = a - y
     elif loss == "mse":
         if output == "softmax":
-            raise ValueError("this baseline supports mse with an elementwise output only")
+            raise InputError("this baseline supports mse with an elementwise output only")
         delta = 2 * (a - y) * _act_prime(output, zs[-1], a)
     else:
-        raise ValueError(f"unknown loss {loss!r}")
+        raise InputError(f"unknown loss {loss!r}")
     grads: Params = [None] * n_layers  # type: ignore[list-item]
     for layer in range(n_layers - 1, -1, -1):
         grads[layer] = (delta @ activations[layer].T, delta[:, 0].copy())

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..errors import BackendUnavailableError, InputError
+from ..files import atomic_write
 
-_ORDER = {"gpunn": 0, "torch-eager": 1, "torch-cuda-graph": 2, "torch-amp": 3,
-          "per-sample": 4}
+_ORDER = {"gpunn": 0, "torch-eager": 1, "torch-compile": 2, "torch-cuda-graph": 3,
+          "torch-amp": 4, "per-sample": 5}
 
 
 def _rows(results: dict | list) -> list[dict]:
@@ -42,7 +43,8 @@ def format_table(results: dict | list) -> str:
 
     Columns: samples/s (median, with the slowest..fastest repeat), ms per step, spread
     ((max - min) / median of the repeats), GFLOP/s done, % of that backend's float32 GEMM
-    rate, and the ratio to PyTorch eager on the same device, configuration and batch.
+    rate, and the ratio to PyTorch eager on the same device, configuration and batch. A
+    per-sample row that timed smaller mini-batches than its batch says so below the table.
     """
     lines: list[str] = []
     if isinstance(results, dict):
@@ -74,21 +76,34 @@ def format_table(results: dict | list) -> str:
                      f"{_num(r['ms_per_step'], '.3f'):>9} {_num(100 * r['spread'], '.1f'):>6}% "
                      f"{_num(r.get('gflops'), '.1f'):>8} {_num(r.get('pct_gemm'), '.1f'):>6} "
                      f"{_num(r.get('ratio_to_torch'), '.2f'):>8}")
+    lines.extend(_minibatch_notes(rows))
     if isinstance(results, dict):
         for s in results.get("skipped") or []:
             lines.append(f"skipped {s['contender']} on {s['backend']}: {s['reason']}")
     return "\n".join(lines)
 
 
+def _minibatch_notes(rows: list[dict]) -> list[str]:
+    """Where the per-sample loop timed mini-batches smaller than the row's batch: which, and
+    what its ms/step then mean (see :func:`gpunn.bench.runner.per_configured_batch`)."""
+    smaller = [f"{r['config']} {r['minibatch_used']}" for r in rows
+               if r.get("status") == "ok" and r.get("minibatch_used", r["batch"]) < r["batch"]]
+    if not smaller:
+        return []
+    return [f"per-sample: timed on mini-batches of fewer samples ({', '.join(smaller)}); its "
+            "samples/s are those measured, its ms/step those of the batch shown at that rate"]
+
+
 #: the peers' column headings in the Markdown tables, in their order
-_PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-cuda-graph": "PyTorch CUDA graphs",
-                  "torch-amp": "PyTorch AMP float16", "per-sample": "per-sample loop"}
+_PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-compile": "PyTorch compiled",
+                  "torch-cuda-graph": "PyTorch CUDA graphs", "torch-amp": "PyTorch AMP float16",
+                  "per-sample": "per-sample loop"}
 
 
 def format_markdown(results: dict) -> str:
     """A Markdown table per backend of the selected configurations at their own batch size
-    (DESIGN.md section 5): gpunn's samples/s and each peer's, gpunn / PyTorch eager, GFLOP/s
-    and % of the GEMM rate timed in turn with them: the README's benchmark tables."""
+    (``docs/design.md``, "Benchmarks"): gpunn's samples/s and each peer's, gpunn / PyTorch
+    eager, GFLOP/s and % of the GEMM rate timed in turn with them: the README's tables."""
     rows = [r for r in _rows(results) if r.get("status") == "ok"]
     configs = results.get("configs", [])
     tables: list[str] = []
@@ -96,7 +111,7 @@ def format_markdown(results: dict) -> str:
         cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
         peers = [p for p in _PEER_HEADINGS if any(contender == p for _, contender in cells)]
         ratio = ["gpunn / PyTorch eager"] if "torch-eager" in peers else []
-        headings = ["config (DESIGN.md)", f"gpunn {label}", *map(_PEER_HEADINGS.get, peers),
+        headings = ["config", f"gpunn {label}", *map(_PEER_HEADINGS.get, peers),
                     *ratio, "GFLOP/s", f"% of {label} GEMM"]
         lines = ["| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
         for cfg in configs:
@@ -128,7 +143,7 @@ def _default(o: Any) -> Any:
 
 
 def _write_atomically(path: str | os.PathLike[str], write: Any) -> Path:
-    """``write(binary file)`` to ``path`` through :func:`gpunn.io.atomic_write`."""
+    """``write(binary file)`` to ``path`` through :func:`gpunn.files.atomic_write`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
@@ -161,18 +176,18 @@ def plot(results: dict | list, path: str | os.PathLike[str]) -> Path:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise RuntimeError(
+        raise BackendUnavailableError(
             f"plotting needs matplotlib ({exc}); install it with: pip install 'gpunn[plot]'"
         ) from None
     rows = [r for r in _rows(results) if r.get("status") == "ok"]
     if not rows:
-        raise ValueError("no successful measurements to plot")
+        raise InputError("no successful measurements to plot")
     families = sorted({r.get("family") or r["config"] for r in rows},
                       key=lambda f: ("seed", "mlp", "wide").index(f)
                       if f in ("seed", "mlp", "wide") else 9)
     fig, axes = plt.subplots(1, len(families), figsize=(5.2 * len(families), 4.4), squeeze=False)
-    markers = {"gpunn": "o", "torch-eager": "s", "torch-cuda-graph": "^", "torch-amp": "v",
-               "per-sample": "x"}
+    markers = {"gpunn": "o", "torch-eager": "s", "torch-compile": "D", "torch-cuda-graph": "^",
+               "torch-amp": "v", "per-sample": "x"}
     for ax, fam in zip(axes[0], families, strict=True):
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for r in rows:

@@ -3,7 +3,7 @@
 For each backend: the float32 GEMM ceiling first; then, per model and batch size, all
 contenders are built on the same data and initial weights, warmed up, and timed on the same
 number of steps, their repeats interleaved. The per-sample baseline (slow) gets a small fixed
-sample count at each configuration's own batch size.
+sample count at each configuration's own batch size (see :func:`per_configured_batch`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..backend.cupy_ops import tf32_in_use
+from ..backend import available_backends, get_backend, unavailable_reason
+from ..errors import InputError, describe
 from . import contenders as C
 from .configs import BenchConfig, get_configs
-from .sysinfo import available_backends, machine_info
-from .timing import HostTimer, Measurement, measure_interleaved
+from .sysinfo import machine_info
+from .timing import HostTimer, Measurement, measure, measure_interleaved
 
 SCHEMA = "gpunn-bench/1"
 GPU_SWEEP = tuple(2**k for k in range(14))  # 1 .. 8192
@@ -32,6 +34,22 @@ MAX_STEPS = 20000
 MIN_STEPS = 3  # per timed repeat (not with --quick)
 #: host bytes of synthetic X per model (the data every contender shares)
 DATA_BYTES = {"cpu": 48 * 2**20, "gpu": 192 * 2**20}
+
+#: every peer gpunn can be timed against, in the order of the tables
+PEERS = ("torch-eager", "torch-compile", "torch-cuda-graph", "torch-amp", "per-sample")
+#: the PyTorch peers: the function of :mod:`.contenders` that makes each, and whether it
+#: runs on the CPU too
+TORCH_PEERS: dict[str, tuple[str, bool]] = {
+    "torch-eager": ("make_torch_eager", True),
+    "torch-compile": ("make_torch_compile", True),
+    "torch-cuda-graph": ("make_torch_cuda_graph", False),
+    "torch-amp": ("make_torch_amp", False),
+}
+#: peers timed at the selected configurations' own batch sizes only, not across the sweep:
+#: compiling takes tens of seconds per model and batch size
+CONFIGURATIONS_ONLY = ("torch-compile",)
+#: peers that ``quick`` leaves out unless they are named
+NOT_QUICK = ("torch-compile",)
 
 
 def _log_default(msg: str) -> None:
@@ -59,8 +77,22 @@ def parse_int_list(text: str | Iterable[int] | None) -> list[int] | None:
             else:
                 vals.append(int(part))
     if any(v < 1 for v in vals):
-        raise ValueError(f"batch sizes must be positive integers, got {vals}")
+        raise InputError(f"batch sizes must be positive integers, got {vals}")
     return sorted(set(vals))
+
+
+def select_peers(peers: bool | str | Iterable[str], quick: bool = False) -> tuple[str, ...]:
+    """The peers to time: ``True`` every one (under ``quick`` all but torch-compile, whose
+    compilation alone takes longer than a quick run's measurements), ``False`` none, or those
+    named (a list, or a comma-separated string), in the order of :data:`PEERS`."""
+    if isinstance(peers, bool):
+        return tuple(p for p in PEERS if peers and not (quick and p in NOT_QUICK))
+    names = [n.strip() for n in peers.split(",")] if isinstance(peers, str) else list(peers)
+    unknown = sorted(set(names) - set(PEERS) - {""})
+    if unknown:
+        raise InputError(f"unknown peer {', '.join(map(repr, unknown))}; choose among "
+                         f"{', '.join(PEERS)}")
+    return tuple(p for p in PEERS if p in names)
 
 
 def plan_cells(configs: Sequence[BenchConfig], backend: str,
@@ -112,6 +144,10 @@ def _row(cfg: BenchConfig, backend: str, contender: str, m: Measurement | None,
     return row
 
 
+def _error_row(cfg: BenchConfig, backend: str, contender: str, exc: BaseException) -> dict:
+    return _row(cfg, backend, contender, None, status="error", reason=describe(exc))
+
+
 def _finish_rows(rows: list[dict], gemm: dict) -> None:
     """Add % of the GEMM ceiling and the ratio to PyTorch eager on the same device."""
     torch_sps = {(r["backend"], r["config"], r["batch"]): r["samples_per_s"]
@@ -125,29 +161,33 @@ def _finish_rows(rows: list[dict], gemm: dict) -> None:
         r["ratio_to_torch"] = r["samples_per_s"] / t if t else None
 
 
-def _data_for(cache: dict, cfg: BenchConfig, device: str, seed: int,
-              max_batch: int) -> C.SyntheticData:
+def synthetic_data(cache: dict, cfg: BenchConfig, device: str, seed: int, max_batch: int,
+                   data_bytes: int | None = None) -> C.SyntheticData:
+    """The data every contender of ``cfg``'s model shares on ``device``: ``data_bytes`` of X
+    (default :data:`DATA_BYTES` of the device) and at least ``max_batch`` rows, made once per
+    input width, output width and device in ``cache``."""
     n_in, n_out = cfg.layers[0], cfg.layers[-1]
-    n = max(max_batch, DATA_BYTES[device] // (4 * n_in))
+    n = max(max_batch, (data_bytes or DATA_BYTES[device]) // (4 * n_in))
     key = (n_in, n_out, device)
     if key not in cache:
         cache[key] = C.SyntheticData(n_in, n_out, n, seed)
     return cache[key]
 
 
-def _calibrate(c: C.Contender, cfg: BenchConfig, target_s: float, n_data: int,
-               ceiling_gflops: float | None, min_steps: int = 1) -> int:
-    """Steps per repeat so that the first contender's repeat lasts about ``target_s``, and
-    at least ``min_steps``: a repeat is one short epoch, and its once-per-epoch work (the
-    divergence check, reading the loss back) is not part of a step's throughput."""
+def calibrate(c: C.Contender, cfg: BenchConfig, target_s: float, n_data: int,
+              ceiling_gflops: float | None = None, min_steps: int = 1) -> int:
+    """Steps per repeat so that the contender's repeat lasts about ``target_s``, and at least
+    ``min_steps``: a repeat is one short epoch, and its once-per-epoch work (the divergence
+    check, reading the loss back) is not part of a step's throughput. A step that the GEMM
+    ceiling says is long needs no calibration run."""
     if ceiling_gflops:
         est = cfg.flops_per_sample * cfg.batch / (ceiling_gflops * 1e9)
-        if est * 3 > target_s:  # a step is long: no calibration run needed
+        if est * 3 > target_s:
             steps = max(min_steps, math.floor(target_s / est))
             return C.canonical_steps(steps, cfg.batch, n_data)
     probe = C.canonical_steps(4, cfg.batch, n_data)
     c.run(probe)  # first call: allocation, graph capture...
-    timer = HostTimer(getattr(c.timer, "sync", None))
+    timer = HostTimer(c.timer.sync)
     timer.start()
     c.run(probe)
     per_step = max(timer.stop() / probe, 1e-7)
@@ -155,32 +195,60 @@ def _calibrate(c: C.Contender, cfg: BenchConfig, target_s: float, n_data: int,
     return C.canonical_steps(steps, cfg.batch, n_data)
 
 
-def _build(name: str, make: Callable[[], C.Contender], skipped: dict, backend: str
-           ) -> C.Contender | None:
-    try:
-        return make()
-    except C.Skip as exc:
-        skipped.setdefault((name, backend), str(exc))
-    return None
+@dataclass
+class _Run:
+    """One run of :func:`run_bench`: its settings, and what it has measured so far."""
+
+    configs: list[BenchConfig]
+    peers: tuple[str, ...]
+    quick: bool
+    repeats: int
+    seed: int
+    target_s: float
+    tf32: bool
+    time_budget: float | None
+    say: Callable[[str], Any]
+    results: dict
+    t_start: float
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.results["rows"]
+
+    @property
+    def gemm(self) -> dict[str, dict]:
+        return self.results["gemm"]
+
+    @property
+    def min_steps(self) -> int:
+        return 1 if self.quick else MIN_STEPS
+
+    def over_budget(self) -> bool:
+        return (self.time_budget is not None
+                and time.perf_counter() - self.t_start > self.time_budget)
 
 
 def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None,
               backends: Iterable[str] | str | None = None,
               batch_sizes: Iterable[int] | str | None = None,
-              peers: bool = True, quick: bool = False, repeats: int | None = None,
-              seed: int = 0, log: Callable[[str], Any] | None = _log_default,
+              peers: bool | str | Iterable[str] = True, quick: bool = False,
+              repeats: int | None = None, seed: int = 0,
+              log: Callable[[str], Any] | None = _log_default,
               target_s: float | None = None, time_budget: float | None = None,
               checkpoint: Callable[[dict], Any] | None = None,
               gemm_n: int | None = None) -> dict:
     """Measure training throughput; returns ``{"machine", "settings", "gemm", "rows", ...}``.
 
-    configs: names (or families, or BenchConfig objects), default all of DESIGN.md section 5.
-    backends: "numpy", "cupy" (default: every available one). batch_sizes: explicit list
-    (default: a sweep per device plus each configuration's own batch). peers: also time
-    PyTorch and the per-sample loop. quick: shorter sweep, shorter repeats, fewer of them.
-    time_budget: seconds after which remaining cells are skipped (recorded as such).
-    checkpoint: called with the results so far after every cell (e.g. to save them).
-    gemm_n: size of the square GEMM measuring the ceiling (default 2048 CPU, 8192 GPU).
+    configs: names (or families, or BenchConfig objects), default all of the configurations
+    in ``docs/design.md``. backends: "numpy", "cupy" (default: every available one).
+    batch_sizes: explicit list (default: a sweep per device plus each configuration's own
+    batch). peers: which of :data:`PEERS` to time besides gpunn (see :func:`select_peers`;
+    torch-compile at the configurations' own batch sizes only). quick: shorter sweep, shorter
+    repeats, fewer of them, no torch-compile unless named. time_budget: seconds after which
+    remaining cells are skipped (recorded as such). checkpoint: called with the results so
+    far after every cell (e.g. to save them). gemm_n: size of the square GEMM measuring the
+    ceiling (default 2048 CPU, 8192 GPU).
     """
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -192,21 +260,22 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
         cfgs = get_configs(configs)  # type: ignore[arg-type]
     if isinstance(backends, str):
         backends = [b.strip() for b in backends.split(",") if b.strip()]
-    have = available_backends()
-    wanted = list(backends) if backends is not None else have
+    wanted = list(backends) if backends is not None else available_backends()
+    unknown = [b for b in wanted if b not in ("numpy", "cupy")]
+    if unknown:
+        raise InputError(f"unknown backend {unknown[0]!r}; choose numpy or cupy")
     sizes = parse_int_list(batch_sizes)  # type: ignore[arg-type]
     repeats = int(repeats) if repeats else (3 if quick else 5)
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise InputError(f"repeats must be at least 1, got {repeats}")
+    chosen = select_peers(peers, quick)
     target = float(target_s) if target_s else TARGET_S[bool(quick)]
-    min_steps = 1 if quick else MIN_STEPS
-
-    machine = machine_info()
-    tf32 = "cupy" in wanted and tf32_in_use()
+    tf32 = "cupy" in wanted and "cupy" in available_backends() and (
+        get_backend("cupy").tf32_in_use())
     results: dict[str, Any] = {
-        "schema": SCHEMA, "machine": machine,
+        "schema": SCHEMA, "machine": machine_info(),
         "settings": {"configs": [c.name for c in cfgs], "backends": wanted,
-                     "batch_sizes": sizes, "peers": peers, "quick": quick,
+                     "batch_sizes": sizes, "peers": list(chosen), "quick": quick,
                      "repeats": repeats, "seed": seed, "target_s_per_repeat": target,
                      "dtype": "float32", "warmup": "one untimed repeat per contender",
                      # float32 products on the GPU's tensor cores (--tf32): gpunn's, and
@@ -216,177 +285,201 @@ def run_bench(configs: Iterable[str] | str | Sequence[BenchConfig] | None = None
         "configs": [c.as_dict() for c in cfgs],
         "gemm": {}, "rows": [], "skipped": [],
     }
-    skipped: dict[tuple[str, str], str] = {}
-    rows: list[dict] = results["rows"]
-    gemm: dict[str, dict] = results["gemm"]
-
+    run = _Run(cfgs, chosen, bool(quick), repeats, seed, target, tf32, time_budget, say,
+               results, t_start)
     for backend in wanted:
-        if backend not in ("numpy", "cupy"):
-            raise ValueError(f"unknown backend {backend!r}; choose numpy or cupy")
-        if backend not in have:
-            from .sysinfo import _gpu_info
-
-            skipped[("gpunn", backend)] = _gpu_info().get("reason", "not available here")
-            say(f"[bench] skipping backend {backend}: {skipped[('gpunn', backend)]}")
-            continue
-        device = C.device_of(backend)
-        n_gemm = int(gemm_n) if gemm_n else C.gemm_size(backend)
-        try:
-            gemm[backend] = C.backend_gemm(backend, n_gemm, repeats=repeats, seed=seed)
-            say(f"[bench] {backend} float32 GEMM {n_gemm}: {gemm[backend]['gflops']:.1f} GFLOP/s")
-        except Exception as exc:  # report, keep going
-            gemm[backend] = {"error": f"{type(exc).__name__}: {exc}"}
-        if backend == "cupy":  # the tensor-core rates that --tf32 and float16 storage could reach
-            for name, options in (("cupy-tf32", {"tf32": True}),
-                                  ("cupy-float16", {"dtype": "float16"})):
-                try:
-                    gemm[name] = C.backend_gemm(backend, n_gemm, repeats=repeats, seed=seed,
-                                                **options)
-                    say(f"[bench] {name} GEMM {n_gemm}: {gemm[name]['gflops']:.1f} GFLOP/s")
-                except Exception as exc:  # report, keep going
-                    gemm[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        if peers:
-            try:
-                gemm[f"torch-{device}"] = C.torch_gemm(backend, n_gemm, repeats=repeats,
-                                                       tf32=tf32)
-                say(f"[bench] torch {device} float32 GEMM {n_gemm}: "
-                    f"{gemm[f'torch-{device}']['gflops']:.1f} GFLOP/s")
-            except C.Skip as exc:
-                skipped[("torch", backend)] = str(exc)
-            except Exception as exc:  # report, keep going: the peers are timed on their own
-                gemm[f"torch-{device}"] = {"error": f"{type(exc).__name__}: {exc}"}
-        ceiling = gemm[backend].get("gflops")
-        # the same product again, timed in turn with the contenders of every cell, so that
-        # "% of the GEMM ceiling" compares two rates measured in the same moments
-        matmul, matmul_timer = C.backend_matmul(backend, n_gemm, seed) if ceiling else (None, None)
-
-        cells = plan_cells(cfgs, backend, sizes, quick)
-        if not cells:
-            continue
-        data_cache: dict = {}
-        max_batch = max(c.batch for c in cells)
-        for cfg in cells:
-            if time_budget is not None and time.perf_counter() - t_start > time_budget:
-                rows.append(_row(cfg, backend, "gpunn", None, status="skipped",
-                                 reason=f"time budget of {time_budget:g} s used up"))
-                continue
-            data = _data_for(data_cache, cfg, device, seed, max_batch)
-            try:
-                net = C.make_network(cfg, backend, seed)
-                params = net.get_params()
-            except Exception as exc:
-                rows.append(_row(cfg, backend, "gpunn", None, status="error",
-                                 reason=f"{type(exc).__name__}: {exc}"))
-                continue
-            built: list[C.Contender] = []
-            g = _build("gpunn", partial(C.make_gpunn, cfg, backend, cfg.batch, data, seed,
-                                        net=net), skipped, backend)
-            if g is not None:
-                built.append(g)
-            if peers:
-                for name, make in (("torch-eager", C.make_torch_eager),
-                                   ("torch-cuda-graph", C.make_torch_cuda_graph),
-                                   ("torch-amp", C.make_torch_amp)):
-                    if name != "torch-eager" and backend != "cupy":
-                        continue
-                    try:
-                        c = _build(name, partial(make, cfg, backend, cfg.batch, data, params,
-                                                 tf32=tf32), skipped, backend)
-                    except Exception as exc:
-                        rows.append(_row(cfg, backend, name, None, status="error",
-                                         reason=f"{type(exc).__name__}: {exc}"))
-                        continue
-                    if c is not None:
-                        built.append(c)
-            if not built:
-                continue
-            try:
-                steps = _calibrate(built[0], cfg, target, len(data), ceiling, min_steps)
-            except Exception as exc:
-                rows.append(_row(cfg, backend, built[0].name, None, status="error",
-                                 reason=f"{type(exc).__name__}: {exc}"))
-                built = built[1:]
-                if not built:
-                    continue
-                steps = _calibrate(built[0], cfg, target, len(data), ceiling, min_steps)
-            ready = []
-            for c in built:  # warm-up: one untimed repeat each
-                try:
-                    c.run(steps)
-                    ready.append(c)
-                except Exception as exc:
-                    rows.append(_row(cfg, backend, c.name, None, status="error",
-                                     reason=f"{type(exc).__name__}: {exc}"))
-            if not ready:
-                continue
-            fns, timers = [partial(c.run, steps) for c in ready], [c.timer for c in ready]
-            if matmul is not None:
-                fns.append(matmul)
-                timers.append(matmul_timer)
-            ms = measure_interleaved(fns, timers, steps=steps, batch=cfg.batch, warmup=0,
-                                     repeats=repeats)
-            cell_gemm = 2.0 * n_gemm**3 / ms.pop().median / 1e9 if matmul is not None else None
-            for c, m in zip(ready, ms, strict=True):
-                m.warmup = 1
-                rows.append(_row(cfg, backend, c.name, m, c.info))
-                rows[-1]["cell_gemm_gflops"] = cell_gemm
-            say(f"[bench] {backend:5} {cfg.name:<12} B={cfg.batch:<5} steps={steps:<5} " +
-                "  ".join(f"{c.name} {m.samples_per_s:,.0f}/s" for c, m in zip(ready, ms,
-                                                                              strict=True)))
-            if checkpoint is not None:
-                _finish_rows(rows, gemm)
-                checkpoint(results)
-        if ceiling:  # again after the sweep: the higher median is what the hardware can do
-            _remeasure_ceiling(gemm, backend, n_gemm, repeats, seed, say)
-        over = time_budget is not None and time.perf_counter() - t_start > time_budget
-        if peers and backend == "numpy" and not over:
-            _per_sample_rows(cfgs, rows, target, repeats, seed, say)
+        _run_backend(run, backend, sizes, gemm_n, checkpoint)
     results["skipped"] = [{"contender": n, "backend": b, "reason": r}
-                          for (n, b), r in skipped.items()]
-    _finish_rows(rows, gemm)
-    results["elapsed_s"] = time.perf_counter() - t_start
+                          for (n, b), r in run.skipped.items()]
+    _finish_rows(run.rows, run.gemm)
+    results["elapsed_s"] = time.perf_counter() - run.t_start
     return results
 
 
-def _remeasure_ceiling(gemm: dict, backend: str, n: int, repeats: int, seed: int,
-                       say: Any) -> None:
+def _run_backend(run: _Run, backend: str, sizes: Sequence[int] | None, gemm_n: int | None,
+                 checkpoint: Callable[[dict], Any] | None) -> None:
+    """The ceilings, every cell, the ceiling again and the per-sample loop on ``backend``."""
+    if backend not in available_backends():
+        run.skipped[("gpunn", backend)] = unavailable_reason() or "not available here"
+        run.say(f"[bench] skipping backend {backend}: {run.skipped[('gpunn', backend)]}")
+        return
+    n_gemm = int(gemm_n) if gemm_n else C.gemm_size(backend)
+    ceiling = _measure_ceilings(run, backend, n_gemm)
+    # the same product again, timed in turn with the contenders of every cell, so that
+    # "% of the GEMM ceiling" compares two rates measured in the same moments
+    matmul = C.backend_matmul(backend, n_gemm, run.seed) if ceiling else None
+    cells = plan_cells(run.configs, backend, sizes, run.quick)
+    data_cache: dict = {}
+    max_batch = max((c.batch for c in cells), default=1)
+    for cfg in cells:
+        if run.over_budget():
+            run.rows.append(_row(cfg, backend, "gpunn", None, status="skipped",
+                                 reason=f"time budget of {run.time_budget:g} s used up"))
+            continue
+        data = synthetic_data(data_cache, cfg, C.device_of(backend), run.seed, max_batch)
+        built = _build_contenders(run, cfg, backend, data)
+        _time_cell(run, cfg, backend, built, len(data), ceiling, matmul, n_gemm)
+        if checkpoint is not None:
+            _finish_rows(run.rows, run.gemm)
+            checkpoint(run.results)
+    if cells and ceiling:  # again after the sweep: the higher median is what it can do
+        _remeasure_ceiling(run, backend, n_gemm)
+    if "per-sample" in run.peers and backend == "numpy" and not run.over_budget():
+        _per_sample_rows(run)
+
+
+def _gemm_entry(run: _Run, backend: str, name: str, measure_it: Callable[[], dict],
+                label: str) -> None:
+    """``run.gemm[name]``: a GEMM rate measured on ``backend``'s device, or the error that
+    stopped it (the run goes on); a :class:`~gpunn.bench.contenders.Skip` (no PyTorch, or none
+    for this device) is recorded as such."""
+    try:
+        run.gemm[name] = measure_it()
+    except C.Skip as exc:
+        run.skipped[("torch", backend)] = str(exc)
+        return
+    except Exception as exc:  # report, keep going
+        run.gemm[name] = {"error": describe(exc)}
+        return
+    run.say(f"[bench] {label}: {run.gemm[name]['gflops']:.1f} GFLOP/s")
+
+
+def _measure_ceilings(run: _Run, backend: str, n: int) -> float | None:
+    """The float32 GEMM rate of ``backend`` (the ceiling, returned), on the GPU its TF32 and
+    float16 rates (what ``--tf32`` and float16 storage could reach), and PyTorch's float32
+    rate on the same device when a PyTorch peer is timed."""
+    options = {"repeats": run.repeats, "seed": run.seed}
+    _gemm_entry(run, backend, backend, partial(C.backend_gemm, backend, n, **options),
+                f"{backend} float32 GEMM {n}")
+    if backend == "cupy":
+        for name, extra in (("cupy-tf32", {"tf32": True}), ("cupy-float16", {"dtype": "float16"})):
+            _gemm_entry(run, backend, name,
+                        partial(C.backend_gemm, backend, n, **options, **extra),
+                        f"{name} GEMM {n}")
+    if any(p in TORCH_PEERS for p in run.peers):
+        device = C.device_of(backend)
+        _gemm_entry(run, backend, f"torch-{device}",
+                    partial(C.torch_gemm, backend, n, repeats=run.repeats, tf32=run.tf32),
+                    f"torch {device} float32 GEMM {n}")
+    return run.gemm.get(backend, {}).get("gflops")
+
+
+def _build_contenders(run: _Run, cfg: BenchConfig, backend: str, data: C.SyntheticData
+                      ) -> list[C.Contender]:
+    """gpunn and the selected PyTorch peers that run here, from the same initial weights; a
+    contender that cannot run is recorded as skipped, one that fails as an error row."""
+    try:
+        net = C.make_network(cfg, backend, run.seed)
+    except Exception as exc:
+        run.rows.append(_error_row(cfg, backend, "gpunn", exc))
+        return []
+    makers = [("gpunn", partial(C.make_gpunn, cfg, backend, cfg.batch, data, run.seed,
+                                net=net))]
+    params = net.get_params()
+    for name in run.peers:
+        if name not in TORCH_PEERS:
+            continue
+        maker, on_cpu = TORCH_PEERS[name]
+        if (backend != "cupy" and not on_cpu) or (
+                name in CONFIGURATIONS_ONLY and cfg not in run.configs):
+            continue
+        makers.append((name, partial(getattr(C, maker), cfg, backend, cfg.batch, data, params,
+                                     tf32=run.tf32)))
+    built = []
+    for name, make in makers:
+        try:
+            built.append(make())
+        except C.Skip as exc:
+            run.skipped.setdefault((name, backend), str(exc))
+        except Exception as exc:
+            run.rows.append(_error_row(cfg, backend, name, exc))
+    return built
+
+
+def _time_cell(run: _Run, cfg: BenchConfig, backend: str, built: list[C.Contender],
+               n_data: int, ceiling: float | None,
+               matmul: tuple[Callable[[], Any], Any] | None, n_gemm: int) -> None:
+    """Calibrate the steps per repeat on the first contender that runs, warm every contender
+    up with one repeat, then time them (and the GEMM) in turn: one row each."""
+    steps = None
+    while built and steps is None:
+        try:
+            steps = calibrate(built[0], cfg, run.target_s, n_data, ceiling, run.min_steps)
+        except Exception as exc:
+            run.rows.append(_error_row(cfg, backend, built.pop(0).name, exc))
+    ready = []
+    for c in built:
+        try:
+            c.run(steps)
+            ready.append(c)
+        except Exception as exc:
+            run.rows.append(_error_row(cfg, backend, c.name, exc))
+    if not ready:
+        return
+    fns, timers = [partial(c.run, steps) for c in ready], [c.timer for c in ready]
+    if matmul is not None:
+        fns.append(matmul[0])
+        timers.append(matmul[1])
+    ms = measure_interleaved(fns, timers, steps=steps, batch=cfg.batch, warmup=0,
+                             repeats=run.repeats)
+    cell_gemm = 2.0 * n_gemm**3 / ms.pop().median / 1e9 if matmul is not None else None
+    for c, m in zip(ready, ms, strict=True):
+        m.warmup = 1
+        run.rows.append({**_row(cfg, backend, c.name, m, c.info),
+                         "cell_gemm_gflops": cell_gemm})
+    run.say(f"[bench] {backend:5} {cfg.name:<12} B={cfg.batch:<5} steps={steps:<5} "
+            + "  ".join(f"{c.name} {m.samples_per_s:,.0f}/s"
+                        for c, m in zip(ready, ms, strict=True)))
+
+
+def _remeasure_ceiling(run: _Run, backend: str, n: int) -> None:
     """Measure the GEMM ceiling once more and keep the higher median of the two, noting both:
     on a shared machine either measurement may have met a busy neighbour."""
     try:
-        again = C.backend_gemm(backend, n, repeats=repeats, seed=seed)
+        again = C.backend_gemm(backend, n, repeats=run.repeats, seed=run.seed)
     except Exception:  # the first measurement stands
         return
-    first = gemm[backend]
+    first = run.gemm[backend]
     both = [first["gflops"], again["gflops"]]
-    gemm[backend] = {**(again if both[1] > both[0] else first), "measured_gflops": both}
-    say(f"[bench] {backend} float32 GEMM {n} again: {both[1]:.1f} GFLOP/s "
-        f"(ceiling {max(both):.1f})")
+    run.gemm[backend] = {**(again if both[1] > both[0] else first), "measured_gflops": both}
+    run.say(f"[bench] {backend} float32 GEMM {n} again: {both[1]:.1f} GFLOP/s "
+            f"(ceiling {max(both):.1f})")
 
 
-def _per_sample_rows(cfgs: Sequence[BenchConfig], rows: list[dict], target: float,
-                     repeats: int, seed: int, say: Callable[[str], Any]) -> None:
-    """The article-style loop at each selected (CPU) configuration's own batch size."""
-    for cfg in cfgs:
+def per_configured_batch(m: Measurement, batch: int) -> dict[str, Any]:
+    """A per-sample row's figures for its configuration's ``batch``, where the loop ran
+    mini-batches of ``m.batch`` samples (a whole configured batch would take minutes).
+
+    The samples/s stand as measured: the loop's cost is per sample, but for one update per
+    mini-batch (about one sample's worth of memory traffic, so very small mini-batches read
+    a little slow). The ms/step are those of a configured batch at the measured rates, so
+    that every contender's row of a configuration means the same step; the mini-batch timed
+    and its own ms/step are kept beside them."""
+    slowest, fastest = m.samples_per_s_range
+    return {"minibatch_used": m.batch, "ms_per_minibatch": m.ms_per_step,
+            "ms_per_step": 1e3 * batch / m.samples_per_s,
+            "ms_per_step_min": 1e3 * batch / fastest, "ms_per_step_max": 1e3 * batch / slowest}
+
+
+def _per_sample_rows(run: _Run) -> None:
+    """The article-style loop for each selected (CPU) configuration, on about ``target_s``
+    of samples in mini-batches of at most the configuration's batch."""
+    for cfg in run.configs:
         if cfg.gpu_only:
             continue
-        n = C.per_sample_count(cfg, target)
+        n = C.per_sample_count(cfg, run.target_s)
         batch = min(cfg.batch, n)
         steps = max(1, n // batch)
-        data = C.SyntheticData(cfg.layers[0], cfg.layers[-1], steps * batch, seed)
+        data = C.SyntheticData(cfg.layers[0], cfg.layers[-1], steps * batch, run.seed)
         try:
-            params = C.make_network(cfg, "numpy", seed).get_params()
+            params = C.make_network(cfg, "numpy", run.seed).get_params()
             c = C.make_per_sample(cfg, batch, data, params)
-            c.run(steps)
-            (m,) = measure_interleaved([partial(c.run, steps)], [c.timer], steps=steps,
-                                       batch=batch, warmup=0, repeats=repeats)
-            m.warmup = 1
+            m = measure(partial(c.run, steps), steps=steps, batch=batch, timer=c.timer,
+                        warmup=1, repeats=run.repeats)
         except Exception as exc:
-            rows.append(_row(cfg, "numpy", "per-sample", None, status="error",
-                             reason=f"{type(exc).__name__}: {exc}"))
+            run.rows.append(_error_row(cfg, "numpy", "per-sample", exc))
             continue
-        row = _row(cfg, "numpy", "per-sample", m, c.info)
-        row["batch"] = cfg.batch
-        row["minibatch_used"] = batch
-        rows.append(row)
-        say(f"[bench] numpy {cfg.name:<12} per-sample loop ({steps * batch} samples): "
-            f"{m.samples_per_s:,.0f}/s")
+        run.rows.append({**_row(cfg, "numpy", "per-sample", m, c.info),
+                         **per_configured_batch(m, cfg.batch)})
+        run.say(f"[bench] numpy {cfg.name:<12} per-sample loop ({steps} x {batch} samples): "
+                f"{m.samples_per_s:,.0f}/s")

@@ -12,6 +12,9 @@ import platform
 import sys
 from typing import Any
 
+from ..backend import available_backends, cupy_module, get_backend, unavailable_reason
+from ..errors import describe
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -68,7 +71,7 @@ def _blas_info() -> list[dict[str, Any]]:
                                                    "filepath")})
         return out
     except Exception as exc:  # threadpoolctl missing or confused
-        return [{"error": f"{type(exc).__name__}: {exc}"}]
+        return [{"error": describe(exc)}]
 
 
 def blas_threads() -> int | None:
@@ -79,80 +82,21 @@ def blas_threads() -> int | None:
     return None
 
 
-def _cuda_version(v: int) -> str:
-    """12040 -> '12.4' (CUDA encodes versions as 1000*major + 10*minor)."""
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def get_cupy() -> Any:
-    """The cupy module through the backend (the only place that imports it), or None."""
-    try:
-        from gpunn.backend import cupy_module  # type: ignore[attr-defined]
-    except Exception:
-        return None
-    try:
-        return cupy_module()
-    except Exception:
-        return None
-
-
-def available_backends() -> list[str]:
-    """``gpunn.available_backends()`` (read from the backend package while gpunn lacks it)."""
-    import gpunn
-
-    fn = getattr(gpunn, "available_backends", None)
-    if fn is None:
-        from gpunn.backend import available_backends as fn  # type: ignore[no-redef]
-    return list(fn())
-
-
 def _gpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cupy_installed": _version("cupy-cuda12x") or _version("cupy-cuda13x")
-                            or _version("cupy-cuda11x") or _version("cupy")}
-    cp = get_cupy()
-    if cp is None:
-        info["available"] = False
-        info["reason"] = ("gpunn.backend.cupy_module() returned no cupy (not installed, no GPU,"
-                          " or the backend is not importable)")
-        return info
-    info["cupy"] = getattr(cp, "__version__", None)
+    """The CuPy installed, and the GPU it runs on, or why it cannot run on one."""
+    cupy = cupy_module()
+    info: dict[str, Any] = {
+        "cupy_installed": _version("cupy-cuda12x") or _version("cupy-cuda13x")
+        or _version("cupy-cuda11x") or _version("cupy"),
+        "cupy": None if cupy is None else cupy.__version__,
+    }
+    reason = unavailable_reason()
+    if reason is not None:
+        return {**info, "available": False, "reason": reason}
     try:
-        from gpunn.backend import unavailable_reason  # type: ignore[attr-defined]
-
-        why = unavailable_reason()
-    except Exception:
-        why = None
-    if why is not None:
-        info["available"] = False
-        info["reason"] = why
-        return info
-    try:
-        rt = cp.cuda.runtime
-        count = rt.getDeviceCount()
-        info["device_count"] = count
-        if count < 1:
-            info["available"] = False
-            info["reason"] = "CUDA reports no device"
-            return info
-        dev = cp.cuda.Device()
-        props = rt.getDeviceProperties(dev.id)
-        name = props.get("name", b"")
-        info["name"] = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-        info["device_id"] = dev.id
-        info["memory_total_gib"] = round(props.get("totalGlobalMem", 0) / 2**30, 2)
-        try:
-            free, _total = dev.mem_info
-            info["memory_free_gib"] = round(free / 2**30, 2)
-        except Exception:
-            pass
-        info["compute_capability"] = f"{props.get('major')}.{props.get('minor')}"
-        info["multiprocessors"] = props.get("multiProcessorCount")
-        info["driver_cuda_version"] = _cuda_version(rt.driverGetVersion())
-        info["runtime_cuda_version"] = _cuda_version(rt.runtimeGetVersion())
-        info["available"] = True
-    except Exception as exc:
-        info["available"] = False
-        info["reason"] = f"{type(exc).__name__}: {exc}"
+        info.update(get_backend("cupy").device_info(), available=True)
+    except Exception as exc:  # a GPU that works but will not describe itself
+        info.update(available=False, reason=describe(exc))
     return info
 
 
@@ -218,9 +162,9 @@ def machine_info() -> dict[str, Any]:
             info["backends"] = available_backends()
         except Exception as exc:
             info["backends"] = None
-            info["backends_error"] = f"{type(exc).__name__}: {exc}"
+            info["backends_error"] = describe(exc)
     except Exception as exc:  # pragma: no cover - last resort, machine_info must not raise
-        info["error"] = f"{type(exc).__name__}: {exc}"
+        info["error"] = describe(exc)
     return info
 
 
@@ -272,9 +216,6 @@ def format_machine_info(info: dict[str, Any]) -> str:
                                    f"{gpu.get('runtime_cuda_version')}")
     else:
         add("gpu", f"none usable: {gpu.get('reason', 'unknown')}")
-    for key in ("torch_runtime",):
-        if key in info:
-            add(key, info[key])
     if "error" in info:
         add("error", info["error"])
     return "\n".join(lines)

@@ -15,15 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import InputError
+
 
 def _noop() -> None:
     return None
 
 
 class Timer(Protocol):
-    """Brackets one timed region (see module docstring)."""
+    """Brackets one timed region (see module docstring); ``sync()`` waits for the device."""
 
     kind: str
+    sync: Callable[[], Any]
 
     def start(self) -> None: ...
 
@@ -60,7 +63,8 @@ class CudaEventTimer:
     ``make_event()`` returns an object with ``record(stream)`` / ``record()``; ``elapsed(a, b)``
     returns milliseconds between two recorded events. If the event interval is much shorter
     than the synchronised host interval, the work ran on another stream than the one the
-    events were recorded on, and the host interval (which is still correct) is returned.
+    events were recorded on, and the host interval (which is still correct, only coarser) is
+    returned.
     """
 
     kind = "cuda-event"
@@ -73,7 +77,6 @@ class CudaEventTimer:
         self.sync = sync
         self.stream = stream
         self.clock = clock
-        self.fallbacks = 0
         self._events: tuple[Any, Any] | None = None
         self._t0 = 0.0
 
@@ -100,10 +103,7 @@ class CudaEventTimer:
         b.synchronize()
         gpu = self.elapsed_ms(a, b) / 1e3
         self._events = None
-        if gpu < 0.5 * host:
-            self.fallbacks += 1
-            return host
-        return gpu
+        return host if gpu < 0.5 * host else gpu
 
 
 @dataclass
@@ -178,33 +178,27 @@ class Measurement:
 
 def measure(fn: Callable[[], Any], *, steps: int, batch: int, timer: Timer | None = None,
             warmup: int = 1, repeats: int = 5) -> Measurement:
-    """Time ``fn`` (which runs ``steps`` steps of ``batch`` samples) ``repeats`` times.
-
-    ``warmup`` untimed calls come first (compilation, first allocation, graph capture).
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    timer = timer or HostTimer()
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        timer.start()
-        fn()
-        times.append(timer.stop())
-    return Measurement(times, steps, batch, timer.kind, warmup)
+    """Time ``fn`` (which runs ``steps`` steps of ``batch`` samples) ``repeats`` times, after
+    ``warmup`` untimed calls (compilation, first allocation, graph capture)."""
+    return measure_interleaved([fn], [timer or HostTimer()], steps=steps, batch=batch,
+                               warmup=warmup, repeats=repeats)[0]
 
 
 def measure_interleaved(fns: Sequence[Callable[[], Any]], timers: Sequence[Timer], *,
                         steps: int, batch: int, warmup: int = 1,
                         repeats: int = 5) -> list[Measurement]:
-    """Like :func:`measure` for several contenders doing the same work, repeats taken in turn.
+    """Time several contenders doing the same work (each ``fn`` runs ``steps`` steps of
+    ``batch`` samples, timed by its timer): ``warmup`` untimed calls each, then ``repeats``
+    timed rounds in which every contender runs once, in turn.
 
     Round-robin order spreads slow drifts (clock boost, thermal, other load) over all
     contenders instead of penalising whichever runs last.
     """
     if len(fns) != len(timers):
-        raise ValueError("one timer per contender is needed")
+        raise InputError(f"one timer per contender is needed: {len(fns)} contenders, "
+                         f"{len(timers)} timers")
+    if repeats < 1:
+        raise InputError(f"repeats must be at least 1, got {repeats}")
     for fn in fns:
         for _ in range(warmup):
             fn()

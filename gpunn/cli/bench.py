@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .parsing import UsageError, add_tf32_flag
+from .parsing import add_tf32_flag
 
 EPILOG = """\
 examples:
@@ -19,21 +19,14 @@ def add_arguments(p: argparse.ArgumentParser, command: str | None) -> None:
     p.set_defaults(run=run_bench)
     if command != "bench":
         return
-    try:
-        import gpunn.bench
-    except ImportError as exc:
-        p.set_defaults(bench_unavailable=f"gpunn bench is not available here: {exc}")
-        return
+    import gpunn.bench
+
     gpunn.bench.add_arguments(p)
     add_tf32_flag(p)
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """``gpunn bench``: measure and print the table; the exit status."""
-    unavailable = getattr(args, "bench_unavailable", None)
-    if unavailable:
-        raise UsageError(unavailable)
     import gpunn.bench
 
-    return int(gpunn.bench.main(args) or 0)
+    return gpunn.bench.main(args)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .models import describe, load_model, stored_metadata, stored_scaler
+from .models import describe, load_model, stored_scaler
 from .output import say
 from .parsing import UsageError, add_backend_flags, parse_label_column
-from .train_settings import TRAIN_DEFAULTS
+from .train_settings import TRAIN_DEFAULTS, StoredRun
 
 EPILOG = """\
 The model's stored min-max scaler scales the data as in training. By default the data and its
@@ -36,22 +36,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_dataset
 
     net = load_model(args.model, args.backend)
-    meta = stored_metadata(net)
-    spec = args.data or meta.get("data")
+    run = StoredRun(net, f"the model in {args.model}")
+    spec = args.data or run.get("data")
     if spec is None:
         raise UsageError(f"{args.model} does not name its training data: pass --data SPEC")
-    same_data = args.data is None or args.data == meta.get("data")
+    same_data = args.data is None or args.data == run.meta.get("data")
     label_column = args.label_column if args.label_column is not None else (
-        meta.get("label_column") if same_data else None)
+        run.get("label_column") if same_data else None)
+    split = {"val_fraction": TRAIN_DEFAULTS["val_fraction"],
+             "test_fraction": TRAIN_DEFAULTS["test_fraction"], "seed": 0}
+    if same_data:  # the parts of the training run, as they were
+        split = {"val_fraction": run.get("val_fraction", split["val_fraction"]),
+                 "test_fraction": run.get("test_fraction", split["test_fraction"]),
+                 "seed": run.get("split_seed", net.seed)}
     scaler = stored_scaler(net)
     dataset = load_dataset(
-        spec,
-        val_fraction=meta.get("val_fraction", TRAIN_DEFAULTS["val_fraction"]) if same_data
-        else TRAIN_DEFAULTS["val_fraction"],
-        test_fraction=meta.get("test_fraction", TRAIN_DEFAULTS["test_fraction"]) if same_data
-        else TRAIN_DEFAULTS["test_fraction"],
-        seed=int(meta.get("split_seed", net.seed)) if same_data else 0,
-        scale=scaler is None, dtype=net.dtype.name, label_column=parse_label_column(label_column),
+        spec, **split, scale=scaler is None, dtype=net.dtype.name,
+        label_column=parse_label_column(label_column),
     )
     import numpy
 

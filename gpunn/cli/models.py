@@ -10,11 +10,10 @@ def load_model(path: str, backend: str) -> Any:
     """``gpunn.load``, after checking that the file exists (before any backend is set up)."""
     import gpunn
 
-    from ..errors import ModelFileError
+    from ..io import check_model_path
 
     target = Path(path).expanduser()
-    if not target.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+    check_model_path(target)
     return gpunn.load(target, backend=backend)
 
 

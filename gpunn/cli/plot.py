@@ -25,7 +25,7 @@ def write_plot(path: str | os.PathLike[str], records: Sequence[dict[str, Any]],
     """A PNG of the training curve: loss and validation loss, and validation accuracy."""
     from matplotlib.figure import Figure  # lazily: only --plot needs matplotlib
 
-    from ..io import atomic_write
+    from ..files import atomic_write
 
     epochs = [r["epoch"] for r in records]
     fig = Figure(figsize=(10, 4), layout="constrained")

@@ -12,10 +12,11 @@ from typing import Any
 
 from ..train import Callback, EarlyStopping
 from .models import describe, load_model
-from .output import check_output_path, say, write_text
+from .output import say, write_text
 from .parsing import (
     UsageError,
     add_backend_flags,
+    check_output_files,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -70,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..backend import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
     from ..network import INITS
     from ..optim import OPTIMIZERS, SCHEDULES
+    from ..validation import FLOAT_DTYPES
 
     d = TRAIN_DEFAULTS
     data = p.add_argument_group("data")
@@ -91,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--loss", choices=LOSSES, help=f"cost function [{d['loss']}]")
     model.add_argument("--init", choices=INITS,
                        help="initial weights [he with relu, else normal: the article's]")
-    model.add_argument("--dtype", choices=("float32", "float64"), help="[float32]")
+    model.add_argument("--dtype", choices=FLOAT_DTYPES, help=f"[{d['dtype']}]")
     train = p.add_argument_group("training")
     train.add_argument("--optimizer", choices=OPTIMIZERS, help=f"[{d['optimizer']}]")
     train.add_argument("--lr", type=positive_float, metavar="ETA",
@@ -130,15 +132,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _EpochEnd(Callback):
-    """After each epoch: print the progress line, keep the record, checkpoint the model. (The
-    final save happens in run_train, after early stopping restored its weights.)"""
+    """After each epoch: keep the record, print the progress line, checkpoint the model. (The
+    final save happens in _train, after early stopping restored its weights.)"""
 
-    def __init__(self, report: Callable[[dict[str, Any]], None],
-                 save: Callable[[int], None] | None) -> None:
-        self.report, self.save = report, save
+    def __init__(self, records: list[dict[str, Any]], last_epoch: int, quiet: bool,
+                 show_bar: bool, save: Callable[[int], None] | None) -> None:
+        self.records, self.last_epoch = records, last_epoch
+        self.quiet, self.show_bar, self.save = quiet, show_bar, save
 
     def on_epoch_end(self, net: Any, record: dict[str, Any]) -> bool:
-        self.report(record)
+        self.records.append(_finite_or_none(record))
+        if not self.quiet:
+            _print_progress(_progress_line(record, self.last_epoch), self.show_bar)
         if self.save is not None:
             self.save(int(record["epoch"]))
         return False
@@ -151,133 +156,79 @@ def _finite_or_none(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """``gpunn train``: check the output paths, connect the ranks, train; the exit status."""
-    import gpunn
+def _progress_line(record: dict[str, Any], last_epoch: int) -> str:
+    """``epoch  3/30  loss 0.2143  val_loss 0.2301  val_acc 0.9320  81,234 samples/s``"""
+    line = f"epoch {int(record['epoch']):>{len(str(last_epoch))}}/{last_epoch}  " \
+           f"loss {record['loss']:.4f}"
+    if "val_loss" in record:
+        line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
+    return line + f"  {record['samples_per_second']:,.0f} samples/s"
 
-    save_path = check_output_path("--save", args.save)
-    metrics_path = check_output_path("--metrics", args.metrics)
-    plot_path = check_output_path("--plot", args.plot)
-    if plot_path is not None:
+
+def _print_progress(line: str, show_bar: bool) -> None:
+    """Print a progress line; above tqdm's bar when one is shown."""
+    if show_bar:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+    else:
+        say(line)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``gpunn train``: check the files, connect the ranks, train; the exit status."""
+    paths = check_output_files(
+        {"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
+        inputs={"--data": args.data, "--resume": args.resume},
+        rewrites=[("--save", "--resume")],
+    )
+    if paths["--plot"] is not None:
         require_matplotlib()
     if args.resume is not None and not Path(args.resume).expanduser().is_file():
         raise UsageError(f"--resume {args.resume}: the model file does not exist")
-
-    comm = None
-    if args.distributed:
-        try:
-            from .. import distributed
-        except ImportError as exc:
-            raise UsageError(
-                f"--distributed is not available in this gpunn installation ({exc})"
-            ) from None
-        comm = distributed.connect(args.distributed, gpunn.get_backend(args.backend))
+    comm = _connect(args.distributed, args.backend) if args.distributed else None
     try:
-        return _train(args, comm, save_path, metrics_path, plot_path)
+        return _train(args, comm, paths)
     finally:
-        close = getattr(comm, "close", None)
-        if callable(close):
-            close()
+        if comm is not None:
+            comm.close()
 
 
-def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
-           metrics_path: Path | None, plot_path: Path | None) -> int:
+def _connect(engine: str, backend: str) -> Any:
+    """The communicator of the ranks mpiexec started (--distributed)."""
     import gpunn
 
+    from .. import distributed
+
+    return distributed.connect(engine, gpunn.get_backend(backend))
+
+
+def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -> int:
+    """Load or build the network, train it, write the files and print the result."""
     from ..data import load_dataset
+    from ..optim import make_schedule
 
     root = comm is None or comm.rank == 0
     quiet = args.quiet or not root
-
-    model = None
-    if args.resume is not None:
-        model = load_model(args.resume, args.backend)
-    ckpt = model.checkpoint if model is not None else None
-    s = resolve_settings(args, ckpt, model)
-    given = given_flags(args)
-    check_schedule_flags(s, given)
-    opt = build_optimizer(s, given, ckpt)
-    if ckpt is not None and s.optimizer_config is not None:
-        opt.load_state_arrays(model.backend, ckpt.optimizer_state, model.dtype)
-    if args.early_stopping and s.val_fraction == 0:
-        raise UsageError(
-            "--early-stopping watches the validation loss: it needs --val-fraction above 0"
-        )
-
+    model = load_model(args.resume, args.backend) if args.resume is not None else None
+    s, opt = _settings_and_optimizer(args, model)
     dataset = load_dataset(
         s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.split_seed,
         dtype=s.dtype, label_column=parse_label_column(s.label_column),
     )
-    if model is None:
-        net = gpunn.Network(
-            [dataset.n_features, *s.hidden, dataset.n_classes], activation=s.activation,
-            output=s.output, loss=s.loss, init=s.init, backend=args.backend, dtype=s.dtype,
-            seed=s.seed,
-        )
-    else:
-        net = model
-        if dataset.n_features != net.sizes[0] or dataset.n_classes > net.sizes[-1]:
-            raise UsageError(
-                f"{dataset.name} has {dataset.n_features} features and {dataset.n_classes} "
-                f"classes; the model in {args.resume} takes {net.sizes[0]} features and "
-                f"{net.sizes[-1]} outputs"
-            )
-
-    from ..optim import make_schedule
-
+    net = _network(args, s, dataset, model)
     schedule = make_schedule(s.schedule, s.schedule_epochs, s.step_size, s.gamma)
-    last_epoch = s.initial_epoch + s.epochs
-    metadata = {
-        "dataset": dataset.name,
-        "data": str(s.data),
-        "label_column": s.label_column,
-        "val_fraction": s.val_fraction,
-        "test_fraction": s.test_fraction,
-        "split_seed": s.split_seed,
-        "n_classes": dataset.n_classes,
-        "train": {
-            "batch_size": s.batch_size,
-            "schedule": schedule.config(),
-            "planned_epochs": last_epoch,
-            "history": s.history,
-        },
-    }
-    scaler_arrays = dataset.scaler.to_arrays() if dataset.scaler is not None else {}
-    history_records: list[dict[str, Any]] = metadata["train"]["history"]
-
-    def save(epoch: int) -> None:
-        net.optimizer = opt  # fit sets it only at the end; the checkpoint needs it now
-        net.save(save_path, epoch=epoch, arrays=scaler_arrays, metadata=metadata,
-                 fit_seed=s.seed)
-
+    metadata = _run_metadata(s, dataset, schedule)
+    records: list[dict[str, Any]] = metadata["train"]["history"]
+    save_path = paths["--save"] if root else None
+    save = _model_writer(net, opt, save_path, dataset, metadata, s.seed)
     show_bar = not quiet and sys.stderr.isatty()
-
-    def report(record: dict[str, Any]) -> None:
-        history_records.append(_finite_or_none(record))
-        if quiet:
-            return
-        line = f"epoch {int(record['epoch']):>{len(str(last_epoch))}}/{last_epoch}  " \
-               f"loss {record['loss']:.4f}"
-        if "val_loss" in record:
-            line += f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}"
-        line += f"  {record['samples_per_second']:,.0f} samples/s"
-        if show_bar:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stdout)
-        else:
-            say(line)
-
     if not quiet:
-        what = "resuming" if model is not None else "training"
-        say(
-            f"{what} {describe(net)} on {dataset.name} ({len(dataset.y_train)} train, "
-            f"{len(dataset.y_val)} validation, {len(dataset.y_test)} test samples): "
-            f"{opt.name} lr {opt.base_lr:g}, batch {s.batch_size}, epochs "
-            f"{s.initial_epoch + 1}-{last_epoch}, {net.backend.name} {net.dtype.name}"
-            + (f", {comm.size} ranks" if comm is not None and comm.size > 1 else "")
-        )
-    callbacks: list[Callback | Any] = [_EpochEnd(report, save if save_path and root else None)]
+        say(_start_line(net, opt, s, dataset, comm, resuming=model is not None))
+
+    callbacks: list[Callback] = [
+        _EpochEnd(records, s.initial_epoch + s.epochs, quiet, show_bar, save)
+    ]
     if args.early_stopping:
         callbacks.append(EarlyStopping(patience=args.early_stopping))
     validation = (dataset.X_val, dataset.y_val) if len(dataset.y_val) else None
@@ -289,48 +240,153 @@ def _train(args: argparse.Namespace, comm: Any, save_path: Path | None,
             total_epochs=s.schedule_epochs, comm=comm,
         )
     except KeyboardInterrupt:
-        if save_path is not None and root and history_records:
-            raise KeyboardInterrupt(
-                f"interrupted; the model after epoch {int(history_records[-1]['epoch'])} is in "
-                f"{save_path}: continue with 'gpunn train --resume {save_path}'"
-            ) from None
+        if save_path is not None and records:
+            raise KeyboardInterrupt(_interrupted_message(save_path, records)) from None
         raise
     epochs_done = s.initial_epoch + len(history)
     stopped = len(history) < s.epochs
     if stopped:  # early stopping ended the run: a plain --resume has nothing left to do
-        metadata["train"]["planned_epochs"] = epochs_done
-        metadata["train"]["stopped_early"] = True
-
-    test = None
-    if len(dataset.y_test):
-        test = net.evaluate(dataset.X_test, dataset.y_test)
+        metadata["train"].update(planned_epochs=epochs_done, stopped_early=True)
+    test = net.evaluate(dataset.X_test, dataset.y_test) if len(dataset.y_test) else None
     if root:
-        if save_path is not None:
-            save(epochs_done)
-        if metrics_path is not None:
-            payload = {
-                "gpunn_version": gpunn.__version__,
-                "dataset": dataset.name,
-                "network": net.config(),
-                "optimizer": opt.config(),
-                "batch_size": s.batch_size,
-                "schedule": schedule.config(),
-                "backend": net.backend.name,
-                "epochs": history_records,
-                "test": None if test is None else {**test, "samples": len(dataset.y_test)},
-            }
-            write_text(metrics_path, json.dumps(payload, indent=2) + "\n")
-        if plot_path is not None:
-            write_plot(plot_path, history_records, title=f"{describe(net)} on {dataset.name}")
-        if stopped and not quiet:
-            say(f"early stopping after epoch {epochs_done}: the validation loss stopped "
-                "improving; keeping the best epoch's weights")
-        if test is not None:
-            say(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
-                f"({len(dataset.y_test)} held-out samples)")
-        else:
-            say("no test part (--test-fraction 0): nothing held out to report")
-        for flag, path in (("model", save_path), ("metrics", metrics_path), ("plot", plot_path)):
-            if path is not None and not quiet:
-                say(f"{flag} written to {path}")
+        metrics = _metrics(net, opt, s.batch_size, dataset, schedule, records, test)
+        _write_files(paths, save, epochs_done, metrics, title=f"{describe(net)} on {dataset.name}")
+        _print_result(paths, test, len(dataset.y_test), epochs_done if stopped else None, quiet)
     return 0
+
+
+def _settings_and_optimizer(args: argparse.Namespace, model: Any) -> tuple[Any, Any]:
+    """The run's settings (flags, else the resumed model's, else the defaults) and its
+    optimizer, with the resumed optimizer's state."""
+    ckpt = model.checkpoint if model is not None else None
+    s = resolve_settings(args, ckpt, model)
+    given = given_flags(args)
+    check_schedule_flags(s, given)
+    opt = build_optimizer(s, given, ckpt)
+    if ckpt is not None and s.optimizer_config is not None:
+        opt.load_state_arrays(model.backend, ckpt.optimizer_state, model.dtype)
+    if args.early_stopping and s.val_fraction == 0:
+        raise UsageError(
+            "--early-stopping watches the validation loss: it needs --val-fraction above 0"
+        )
+    return s, opt
+
+
+def _network(args: argparse.Namespace, s: Any, dataset: Any, model: Any) -> Any:
+    """A new network sized for the data, or the resumed model after checking that it fits."""
+    import gpunn
+
+    if model is None:
+        return gpunn.Network(
+            [dataset.n_features, *s.hidden, dataset.n_classes], activation=s.activation,
+            output=s.output, loss=s.loss, init=s.init, backend=args.backend, dtype=s.dtype,
+            seed=s.seed,
+        )
+    if dataset.n_features != model.sizes[0] or dataset.n_classes > model.sizes[-1]:
+        raise UsageError(
+            f"{dataset.name} has {dataset.n_features} features and {dataset.n_classes} "
+            f"classes; the model in {args.resume} takes {model.sizes[0]} features and "
+            f"{model.sizes[-1]} outputs"
+        )
+    return model
+
+
+def _run_metadata(s: Any, dataset: Any, schedule: Any) -> dict[str, Any]:
+    """What the model file stores besides the network, for --resume and evaluate: the data and
+    its split, and the run (its "history" list collects the epoch records)."""
+    return {
+        "dataset": dataset.name,
+        "data": str(s.data),
+        "label_column": s.label_column,
+        "val_fraction": s.val_fraction,
+        "test_fraction": s.test_fraction,
+        "split_seed": s.split_seed,
+        "n_classes": dataset.n_classes,
+        "train": {
+            "batch_size": s.batch_size,
+            "schedule": schedule.config(),
+            "planned_epochs": s.initial_epoch + s.epochs,
+            "history": s.history,
+        },
+    }
+
+
+def _model_writer(net: Any, opt: Any, path: Path | None, dataset: Any,
+                  metadata: dict[str, Any], fit_seed: int) -> Callable[[int], None] | None:
+    """The function that writes the model file after an epoch (None without a file to write)."""
+    if path is None:
+        return None
+    scaler_arrays = dataset.scaler.to_arrays() if dataset.scaler is not None else {}
+
+    def save(epoch: int) -> None:
+        net.optimizer = opt  # fit sets it only at the end; the checkpoint needs it now
+        net.save(path, epoch=epoch, arrays=scaler_arrays, metadata=metadata, fit_seed=fit_seed)
+
+    return save
+
+
+def _start_line(net: Any, opt: Any, s: Any, dataset: Any, comm: Any, resuming: bool) -> str:
+    """``training 784-100-10 (...) on mnist-subset (3500 train, ...): sgd lr 0.1, ...``"""
+    ranks = f", {comm.size} ranks" if comm is not None and comm.size > 1 else ""
+    return (
+        f"{'resuming' if resuming else 'training'} {describe(net)} on {dataset.name} "
+        f"({len(dataset.y_train)} train, {len(dataset.y_val)} validation, "
+        f"{len(dataset.y_test)} test samples): {opt.name} lr {opt.base_lr:g}, batch "
+        f"{s.batch_size}, epochs {s.initial_epoch + 1}-{s.initial_epoch + s.epochs}, "
+        f"{net.backend.name} {net.dtype.name}{ranks}"
+    )
+
+
+def _interrupted_message(save_path: Path, records: list[dict[str, Any]]) -> str:
+    return (
+        f"interrupted; the model after epoch {int(records[-1]['epoch'])} is in {save_path}: "
+        f"continue with 'gpunn train --resume {save_path}'"
+    )
+
+
+def _metrics(net: Any, opt: Any, batch_size: int, dataset: Any, schedule: Any,
+             records: list[dict[str, Any]], test: dict[str, Any] | None) -> dict[str, Any]:
+    """The --metrics JSON: the run's settings, its epoch records and the test result."""
+    import gpunn
+
+    return {
+        "gpunn_version": gpunn.__version__,
+        "dataset": dataset.name,
+        "network": net.config(),
+        "optimizer": opt.config(),
+        "batch_size": batch_size,
+        "schedule": schedule.config(),
+        "backend": net.backend.name,
+        "epochs": records,
+        "test": None if test is None else {**test, "samples": len(dataset.y_test)},
+    }
+
+
+def _write_files(paths: dict[str, Path | None], save: Callable[[int], None] | None,
+                 epoch: int, metrics: dict[str, Any], title: str) -> None:
+    """The files of the finished run: the model (with early stopping, its best epoch's
+    weights), the metrics JSON and the training curve."""
+    if save is not None:
+        save(epoch)
+    if paths["--metrics"] is not None:
+        write_text(paths["--metrics"], json.dumps(metrics, indent=2) + "\n")
+    if paths["--plot"] is not None:
+        write_plot(paths["--plot"], metrics["epochs"], title=title)
+
+
+def _print_result(paths: dict[str, Path | None], test: dict[str, Any] | None, n_test: int,
+                  stopped_after: int | None, quiet: bool) -> None:
+    """The closing lines: early stopping, the test result, the files written."""
+    if stopped_after is not None and not quiet:
+        say(f"early stopping after epoch {stopped_after}: the validation loss stopped "
+            "improving; keeping the best epoch's weights")
+    if test is not None:
+        say(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+            f"({n_test} held-out samples)")
+    else:
+        say("no test part (--test-fraction 0): nothing held out to report")
+    if quiet:
+        return
+    for what, flag in (("model", "--save"), ("metrics", "--metrics"), ("plot", "--plot")):
+        if paths[flag] is not None:
+            say(f"{what} written to {paths[flag]}")

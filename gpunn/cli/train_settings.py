@@ -4,9 +4,13 @@ file's, else the defaults; and the optimizer they describe."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ModelFileError
+from ..optim import SCHEDULES
 from .models import stored_metadata
 from .parsing import UsageError
 
@@ -31,6 +35,117 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "seed": 0,
 }
+
+
+MAX_STORED_EPOCHS = 100_000
+"""The most epochs a model file's metadata may plan (its planned epochs, a cosine schedule's
+length, its history): more is a damaged or hostile file, and resuming it would run for days."""
+MAX_SEED = 2**63 - 1
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _history_record(record: Any) -> bool:
+    """An epoch's record as gpunn train stores it: its epoch, and numbers (or null)."""
+    return (
+        isinstance(record, dict)
+        and _whole(1, MAX_STORED_EPOCHS)(record.get("epoch"))
+        and "loss" in record
+        and ("val_loss" in record) == ("val_accuracy" in record)
+        and all(isinstance(key, str) and (value is None or _number(value))
+                for key, value in record.items())
+    )
+
+
+@dataclass(frozen=True)
+class StoredField:
+    """How a value that ``gpunn train`` stores in a model file's metadata is checked."""
+
+    wants: str
+    """What it must be, for the message."""
+    check: Callable[[Any], bool]
+    advice: str = ""
+    """What to do instead of relying on it, for the message ("" if there is nothing)."""
+
+
+STORED_FIELDS: dict[str, StoredField] = {
+    "data": StoredField("a data spec (text)", lambda v: isinstance(v, str) and v != "",
+                        "pass --data SPEC"),
+    "label_column": StoredField("a column name or number, or null",
+                                lambda v: v is None or type(v) in (str, int),
+                                "pass --label-column COLUMN"),
+    "val_fraction": StoredField("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1,
+                                "to resume, pass --val-fraction F"),
+    "test_fraction": StoredField("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1,
+                                 "to resume, pass --test-fraction F"),
+    "split_seed": StoredField(f"a whole number from 0 to {MAX_SEED}", _whole(0, MAX_SEED)),
+    "train": StoredField("a JSON object", lambda v: isinstance(v, dict)),
+    "train.batch_size": StoredField("a whole number from 1 to 2**31", _whole(1, 2**31),
+                                    "to resume, pass --batch-size N"),
+    "train.schedule": StoredField("a JSON object", lambda v: isinstance(v, dict),
+                                  "to resume, pass --schedule NAME"),
+    "train.schedule.name": StoredField(f"one of {', '.join(SCHEDULES)}",
+                                       lambda v: v in SCHEDULES, "to resume, pass --schedule NAME"),
+    "train.schedule.step_size": StoredField(
+        f"a whole number from 1 to {MAX_STORED_EPOCHS}", _whole(1, MAX_STORED_EPOCHS),
+        "to resume, pass --step-size N"),
+    "train.schedule.gamma": StoredField("a positive number", lambda v: _number(v) and v > 0,
+                                        "to resume, pass --gamma G"),
+    "train.schedule.epochs": StoredField(
+        f"a whole number from 1 to {MAX_STORED_EPOCHS}", _whole(1, MAX_STORED_EPOCHS),
+        "to resume, pass --schedule-epochs N"),
+    "train.planned_epochs": StoredField(
+        f"a whole number from 0 to {MAX_STORED_EPOCHS}", _whole(0, MAX_STORED_EPOCHS),
+        "to resume, pass --epochs N to say how many epochs to train (and --schedule-epochs N "
+        "with a cosine schedule)"),
+    "train.history": StoredField(
+        f"a list of at most {MAX_STORED_EPOCHS} epoch records",
+        lambda v: isinstance(v, list) and len(v) <= MAX_STORED_EPOCHS
+        and all(map(_history_record, v))),
+}
+"""Every metadata field that resuming and evaluating read, keyed by its path."""
+
+
+class StoredRun:
+    """The settings that ``gpunn train`` stored in a model file's metadata, each checked by
+    :data:`STORED_FIELDS` as it is read: a damaged or hostile value is a ModelFileError naming
+    the field. Only what a run uses is read, so a flag given in its place avoids a bad one."""
+
+    def __init__(self, model: Any, where: str) -> None:
+        self.meta = stored_metadata(model)
+        self.where = where
+
+    def get(self, field: str, default: Any = None) -> Any:
+        """The stored value of ``field`` (such as ``"train.batch_size"``), checked, along with
+        the objects that hold it; ``default`` if it is absent."""
+        value: Any = self.meta
+        path: list[str] = []
+        for key in field.split("."):
+            if key not in value:
+                return default
+            value = value[key]
+            path.append(key)
+            self._check(".".join(path), value)
+        return value
+
+    def _check(self, field: str, value: Any) -> None:
+        rule = STORED_FIELDS[field]
+        if rule.check(value):
+            return
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        advice = f": {rule.advice}" if rule.advice else ""
+        raise ModelFileError(
+            f"{self.where} has a bad {field} in its metadata ({shown}, not {rule.wants}); the "
+            f"file is damaged or was not written by gpunn train{advice}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,9 +254,11 @@ def resolve_settings(args: argparse.Namespace, ckpt: Any, model: Any) -> TrainSe
         )
 
     # ---- resuming: the model file decides what the flags do not
-    meta = stored_metadata(model)
-    train_meta = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     where = f"the model in {args.resume}"
+    run = StoredRun(model, where)
+
+    def flag_or_stored(flag: str, field: str, default: Any) -> Any:
+        return given[flag] if flag in given else run.get(field, default)
     fixed = {
         "hidden": tuple(model.sizes[1:-1]),
         "activation": model.activation,
@@ -170,36 +287,39 @@ def resolve_settings(args: argparse.Namespace, ckpt: Any, model: Any) -> TrainSe
             f"--optimizer {given['optimizer']} differs from {where} "
             f"({opt_config.get('name')}): its saved state belongs to that optimizer"
         )
-    schedule = train_meta.get("schedule") if isinstance(train_meta.get("schedule"), dict) else {}
     done = ckpt.epoch
-    planned = int(train_meta.get("planned_epochs", done))
     epochs = given.get("epochs")
     if epochs is None:
+        planned = run.get("train.planned_epochs", done)
         epochs = planned - done
         if epochs < 1:
             raise UsageError(
                 f"{where} has trained all {planned} epoch(s) its run planned; pass --epochs N "
                 "to train N more"
             )
+    schedule = flag_or_stored("schedule", "train.schedule.name", d["schedule"])
+    schedule_epochs = done + epochs
+    if schedule == "cosine":  # the only schedule with a length: by default, the run's plan
+        schedule_epochs = flag_or_stored("schedule_epochs", "train.schedule.epochs", None) or max(
+            run.get("train.planned_epochs", done), schedule_epochs
+        )
     return TrainSettings(
-        data=given.get("data", meta.get("data", d["data"])),
-        label_column=given.get("label_column", meta.get("label_column")),
-        val_fraction=given.get("val_fraction", meta.get("val_fraction", d["val_fraction"])),
-        test_fraction=given.get("test_fraction", meta.get("test_fraction", d["test_fraction"])),
+        data=flag_or_stored("data", "data", d["data"]),
+        label_column=flag_or_stored("label_column", "label_column", None),
+        val_fraction=flag_or_stored("val_fraction", "val_fraction", d["val_fraction"]),
+        test_fraction=flag_or_stored("test_fraction", "test_fraction", d["test_fraction"]),
         seed=fit_seed,
-        split_seed=int(meta.get("split_seed", fit_seed)),
+        split_seed=run.get("split_seed", fit_seed),
         optimizer_config=opt_config or None,
         optimizer=opt_config.get("name") or given.get("optimizer", d["optimizer"]),
-        batch_size=given.get("batch_size", train_meta.get("batch_size", d["batch_size"])),
+        batch_size=flag_or_stored("batch_size", "train.batch_size", d["batch_size"]),
         epochs=epochs,
         initial_epoch=done,
-        history=list(train_meta.get("history") or []),
-        schedule=given.get("schedule", schedule.get("name", d["schedule"])),
-        step_size=given.get("step_size", schedule.get("step_size", d["step_size"])),
-        gamma=given.get("gamma", schedule.get("gamma", d["gamma"])),
-        schedule_epochs=given.get(
-            "schedule_epochs", schedule.get("epochs", max(planned, done + epochs))
-        ),
+        history=list(run.get("train.history", [])),
+        schedule=schedule,
+        step_size=flag_or_stored("step_size", "train.schedule.step_size", d["step_size"]),
+        gamma=flag_or_stored("gamma", "train.schedule.gamma", d["gamma"]),
+        schedule_epochs=schedule_epochs,
         **fixed,
     )
 
