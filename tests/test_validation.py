@@ -327,13 +327,16 @@ class CUDARuntimeError(RuntimeError):
     """Stands in for cupy_backends.cuda.api.runtime.CUDARuntimeError."""
 
 
-def fake_cupy(failure: Exception | None = None, count: int = 1):
+def fake_cupy(failure: Exception | None = None, count: int = 1, driver: int = 0,
+              built_for: int = 12090):
     def get_device_count():
         if failure is not None:
             raise failure
         return count
 
-    runtime = types.SimpleNamespace(getDeviceCount=get_device_count)
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count,
+                                    driverGetVersion=lambda: driver,
+                                    runtimeGetVersion=lambda: built_for)
     return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
 
 
@@ -359,20 +362,28 @@ def test_cupy_absent(fresh_backends):
     assert gpunn.available_backends() == ["numpy"]
 
 
+INSUFFICIENT_DRIVER = CUDARuntimeError(
+    "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version")
+
+
 @pytest.mark.parametrize(
-    "failure, fragments",
+    "failure, versions, fragments",
     [
-        (CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient "
-                          "for CUDA runtime version"),
-         ["driver is missing or too old", "update the driver"]),
-        (CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"),
+        (INSUFFICIENT_DRIVER, (0, 12090), ["no NVIDIA driver is installed", "install the NVIDIA"]),
+        (INSUFFICIENT_DRIVER, (11040, 12090),
+         ["supports CUDA 11.4 but this CuPy was built for CUDA 12.9", "update the NVIDIA"]),
+        (INSUFFICIENT_DRIVER, (12020, 13000),
+         ["supports CUDA 12.2 but this CuPy was built for CUDA 13.0", 'gpunn[cuda12]']),
+        (CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"), (0, 0),
          ["no NVIDIA GPU"]),
-        (OSError("libcuda.so.1: cannot open shared object file"), ["driver is missing"]),
-        (None, ["no NVIDIA GPU is visible", "CUDA_VISIBLE_DEVICES"]),
+        (OSError("libcuda.so.1: cannot open shared object file"), (0, 0), ["driver is missing"]),
+        (None, (0, 0), ["no NVIDIA GPU is visible", "CUDA_VISIBLE_DEVICES"]),
     ],
 )
-def test_cupy_without_usable_gpu(fresh_backends, failure, fragments):
-    fresh_backends.setattr(cuda, "cupy", fake_cupy(failure, count=0))
+def test_cupy_without_usable_gpu(fresh_backends, failure, versions, fragments):
+    driver, built_for = versions
+    fresh_backends.setattr(cuda, "cupy", fake_cupy(failure, count=0, driver=driver,
+                                                   built_for=built_for))
     raises(BackendUnavailableError, lambda: get_backend("cupy"), *fragments, "backend='numpy'")
     chosen, fallbacks = auto_with_warnings()
     assert [ops.name for ops in chosen] == ["numpy"] * 3

@@ -59,15 +59,47 @@ def _describe_cuda_failure(exc: Exception) -> str:
     text = describe(exc)
     lowered = text.lower()
     if "insufficient" in lowered and "driver" in lowered:
-        return (
-            f"the NVIDIA driver is missing or too old for this CuPy build ({text}); install "
-            "or update the driver, or install the CuPy package for an older CUDA (gpunn[cuda12])"
-        )
+        return insufficient_driver_advice(text, *_cuda_versions())
     if "no cuda-capable device" in lowered or "no device" in lowered:
         return f"CuPy is installed but no NVIDIA GPU was found ({text})"
     if "libcuda" in lowered or "driver" in lowered:
         return f"CuPy is installed but the NVIDIA driver is missing or unusable ({text})"
     return f"CuPy is installed but cannot use a GPU ({text})"
+
+
+def _cuda_versions() -> tuple[int, int]:
+    """(driver, runtime) CUDA versions as CUDA encodes them (12090 is 12.9); 0 when unknown,
+    and a driver version of 0 when no NVIDIA driver is installed."""
+    versions = []
+    for read in ("driverGetVersion", "runtimeGetVersion"):
+        try:
+            versions.append(int(getattr(cupy.cuda.runtime, read)()))
+        except Exception:  # an unreadable version only makes the advice less specific
+            versions.append(0)
+    return versions[0], versions[1]
+
+
+def _cuda_release(version: int) -> str:
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def insufficient_driver_advice(text: str, driver: int, runtime: int) -> str:
+    """What to do when CUDA says the driver is insufficient: install one when there is none,
+    else update it or install the CuPy build for the CUDA the driver supports."""
+    if driver == 0:
+        return (
+            f"no NVIDIA driver is installed ({text}); install the NVIDIA driver for your GPU, "
+            "or run on the CPU with backend='numpy'"
+        )
+    built_for = f"CUDA {_cuda_release(runtime)}" if runtime else "a newer CUDA"
+    advice = f"update the NVIDIA driver to one for {built_for}"
+    major = driver // 1000
+    if runtime and major in (12, 13) and major < runtime // 1000:  # the extras gpunn offers
+        advice += f', or install the CuPy build for CUDA {major}: pip install "gpunn[cuda{major}]"'
+    return (
+        f"the NVIDIA driver supports CUDA {_cuda_release(driver)} but this CuPy was built for "
+        f"{built_for} ({text}); {advice}"
+    )
 
 
 def array_module(array: object) -> ModuleType | None:
