@@ -22,6 +22,12 @@ from .ops import Array, Ops
 # float32 σ(z) unchanged above (1/(1 + e^−60) rounds to 1) and floors it at e^−60 ≈ 9e-27
 # below, which no float32 sum with terms near 1 can tell from 0. float64 has room to 708.
 _EXP_BOUND = {numpy.dtype(numpy.float32): 60.0, numpy.dtype(numpy.float64): 708.0}
+# (−bound, bound, 1) as scalars of each dtype: ndarray.clip with typed bounds is one pass over
+# the array, where maximum and minimum with Python floats are two slower ones
+_SIGMOID_CONSTANTS = {
+    dtype: (dtype.type(-bound), dtype.type(bound), dtype.type(1))
+    for dtype, bound in _EXP_BOUND.items()
+}
 
 class NumpyOps(Ops):
     name = "numpy"
@@ -61,12 +67,11 @@ class NumpyOps(Ops):
 
     def sigmoid(self, Z: Array, out: Array) -> Array:
         """σ(z) = 1 / (1 + e^(−z)), with −z clipped so that neither e^(−z) nor σ is subnormal."""
-        bound = _EXP_BOUND.get(out.dtype, 60.0)
+        low, high, one = _SIGMOID_CONSTANTS[out.dtype]
         numpy.negative(Z, out=out)
-        numpy.maximum(out, -bound, out=out)
-        numpy.minimum(out, bound, out=out)
+        out.clip(low, high, out=out)
         numpy.exp(out, out=out)
-        numpy.add(out, 1, out=out)
+        numpy.add(out, one, out=out)
         return numpy.reciprocal(out, out=out)
 
     def _shifted_exp(self, Z: Array, out: Array) -> tuple[Array, Array]:
