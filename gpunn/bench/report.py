@@ -100,10 +100,15 @@ _PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-compile": "PyTorch comp
                   "per-sample": "per-sample loop"}
 
 
+#: the PyTorch peers that compute what gpunn computes, in its precision (not AMP's float16)
+_SAME_PRECISION_TORCH = ("torch-eager", "torch-compile", "torch-cuda-graph")
+
+
 def format_markdown(results: dict) -> str:
     """A Markdown table per backend of the selected configurations at their own batch size
     (``docs/design.md``, "Benchmarks"): gpunn's samples/s and each peer's, gpunn / PyTorch
-    eager, GFLOP/s and % of the GEMM rate timed in turn with them: the README's tables."""
+    eager, gpunn / the fastest PyTorch of the same precision (where more than eager ran),
+    GFLOP/s and % of the GEMM rate timed in turn with them: the README's tables."""
     rows = [r for r in _rows(results) if r.get("status") == "ok"]
     configs = results.get("configs", [])
     tables: list[str] = []
@@ -111,6 +116,9 @@ def format_markdown(results: dict) -> str:
         cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
         peers = [p for p in _PEER_HEADINGS if any(contender == p for _, contender in cells)]
         ratio = ["gpunn / PyTorch eager"] if "torch-eager" in peers else []
+        torches = [p for p in _SAME_PRECISION_TORCH if p in peers]
+        if len(torches) > 1:
+            ratio.append("gpunn / fastest PyTorch")
         headings = ["config", f"gpunn {label}", *map(_PEER_HEADINGS.get, peers),
                     *ratio, "GFLOP/s", f"% of {label} GEMM"]
         lines = ["| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"]
@@ -121,7 +129,11 @@ def format_markdown(results: dict) -> str:
             shape = "-".join(map(str, cfg["layers"])) if "layers" in cfg else ""
             rates = [_rate((cells.get((cfg["name"], p)) or {}).get("samples_per_s"))
                      for p in peers]
-            ratios = [_num(own.get("ratio_to_torch"), ".2f")] if ratio else []
+            ratios = [_num(own.get("ratio_to_torch"), ".2f")] if "torch-eager" in peers else []
+            if len(torches) > 1:
+                fastest = max((cells.get((cfg["name"], p)) or {}).get("samples_per_s") or 0.0
+                              for p in torches)
+                ratios.append(_num(own["samples_per_s"] / fastest if fastest else None, ".2f"))
             lines.append("| " + " | ".join([f"{cfg['name']} {shape}".strip(),
                                             _rate(own["samples_per_s"]), *rates, *ratios,
                                             _num(own.get("gflops"), ".1f"),
