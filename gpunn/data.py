@@ -22,8 +22,10 @@ CSV files (``.csv`` or ``.csv.gz``), for training and prediction alike: UTF-8 te
 without a byte-order mark (Excel's "CSV UTF-8"); cells separated by commas, else semicolons,
 else tabs (whichever the first row uses); numbers may be quoted. Blank lines and lines whose
 first character is ``#`` (comments, as NumPy writes and reads them) are skipped. The first row
-is a header when none of its cells is a number; otherwise it is data, and an empty or
-non-numeric cell in it is an error naming its line and column, like anywhere else.
+is a header when none of its cells is a number, or when its only numbers are column numbers
+counting up from 0 or 1 beside names (pandas writes ``0,1,...,783,label``); otherwise it is
+data, and an empty or non-numeric cell in it is an error naming its line and column, like
+anywhere else.
 
 A malformed file or dataset raises :class:`gpunn.errors.DataError` naming the file, what is
 wrong and what to do about it; a bad argument an ``InputError`` or ``InputTypeError``.
@@ -906,10 +908,26 @@ def _split_row(line: str, delimiter: str) -> list[str]:
     return [c.strip() for c in next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))]
 
 
+_MISSING_VALUE_MARKS = frozenset({"na", "n/a", "null", "none", "?", "-", "--"})
+
+
 def _is_header(cells: list[str]) -> bool:
-    """A first row is a header when it names columns: none of its cells is a number."""
+    """A first row is a header when it names columns: none of its cells is a number, or the
+    only numbers are column numbers counting up from 0 or 1 (pandas names unnamed columns
+    0, 1, 2, ...: ``0,1,...,783,label``) beside at least one name and no empty cell or
+    missing-value mark (``0,1,NA`` is a first sample with a missing value)."""
     names = [c for c in cells if c]
-    return bool(names) and all(_parse_number(c) is None for c in names)
+    if not names:
+        return False
+    numbers = [c for c in names if _parse_number(c) is not None]
+    if not numbers:
+        return True
+    if len(names) < len(cells) or len(numbers) == len(names):
+        return False
+    if any(c.lower() in _MISSING_VALUE_MARKS for c in names):
+        return False
+    start = 0 if numbers[0] == "0" else 1
+    return numbers == [str(k) for k in range(start, start + len(numbers))]
 
 
 def _parse_number(cell: str) -> float | None:
@@ -1017,7 +1035,8 @@ def _bad_cell(source: _CsvText, row: int, col: int, cell: str, label_index: int 
     if "#" in cell:
         hint += " (# starts a comment only at the start of a line)"
     elif row == 0 and source.header is None and cell:
-        hint += f" (if line {source.rows[0][0]} is a header, no cell of it may be a number)"
+        hint += (f" (if line {source.rows[0][0]} is a header, its only numbers may be column "
+                 "numbers 0, 1, 2, ...)")
     return f"{name}: {what}; {hint}"
 
 

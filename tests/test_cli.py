@@ -379,6 +379,36 @@ def test_train_refuses_to_write_over_its_data(tmp_path, capsys):
     assert data.read_bytes() == before
 
 
+def test_a_resumed_run_refuses_to_write_over_the_data_its_model_names(tmp_path, capsys):
+    data, model = tmp_path / "run.npz", tmp_path / "m.npz"
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    np.savez(data, X=X, y=(X[:, 0] > 0).astype(int))
+    before = data.read_bytes()
+    assert cli.main(["train", "--data", str(data), "--epochs", "1", "--backend", "numpy",
+                     "--save", str(model), "--quiet"]) == 0
+    capsys.readouterr()
+    status = cli.main(["train", "--resume", str(model), "--epochs", "1", "--save", str(data)])
+    err = capsys.readouterr().err
+    assert status == 2 and f"is also the data file that {model} names" in err
+    assert data.read_bytes() == before
+
+
+def test_a_saved_run_longer_than_a_model_file_records_is_refused_before_training(
+    tmp_path, capsys
+):
+    from gpunn.cli.train_settings import MAX_STORED_EPOCHS
+
+    error = _error_of_refused_train(capsys, "--epochs", str(MAX_STORED_EPOCHS + 1),
+                                    "--save", str(tmp_path / "m.npz"))
+    assert "at most 100,000 epochs" in error and not (tmp_path / "m.npz").exists()
+
+
+def test_an_output_link_to_a_missing_folder_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "dangling.npz").symlink_to(tmp_path / "gone" / "m.npz")
+    error = _error_of_refused_train(capsys, "--save", str(tmp_path / "dangling.npz"))
+    assert "gone does not exist" in error
+
+
 def test_train_refuses_to_write_metrics_over_the_resumed_model(tmp_path, capsys):
     model = tmp_path / "m.npz"
     gpunn.Network([4, 3], output="softmax", loss="cross_entropy", backend="numpy").save(model)

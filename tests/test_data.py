@@ -676,8 +676,29 @@ def test_csv_first_row_with_a_bad_cell_is_data_not_a_header(
 def test_csv_header_is_a_row_without_numbers(tmp_path: Path) -> None:
     X, _ = load_arrays(write_text(tmp_path / "d.csv", "a,,c,d,label\n" + sixty_rows("1,2,3,4,0")))
     assert X.shape == (60, 4)  # an unnamed column does not make the header data
-    with pytest.raises(DataError, match=r"line 1, column 4: non-numeric value 'label'.*header"):
-        load_arrays(write_text(tmp_path / "n.csv", "0,1,2,label\n1,2,3,0\n"))
+    with pytest.raises(DataError, match=r"line 1, column 3: non-numeric value 'label'.*header"):
+        load_arrays(write_text(tmp_path / "n.csv", "0,2,label\n1,2,0\n"))
+
+
+@pytest.mark.parametrize("header", ["0,1,2,label", "label,0,1,2", "label,1,2,3"])
+def test_csv_header_may_number_its_unnamed_columns_as_pandas_does(
+    tmp_path: Path, header: str
+) -> None:
+    X, y = load_arrays(write_text(tmp_path / "d.csv", f"{header}\n0,1,1,0\n1,0,0,1\n"),
+                       label_column="label")
+    assert X.shape == (2, 3) and y.shape == (2,)  # both rows are data
+
+
+@pytest.mark.parametrize("first", ["0,1,NA,0", "0,1,,0", "0,1,2,3"])
+def test_csv_first_row_of_column_numbers_with_a_gap_or_no_name_is_data(
+    tmp_path: Path, first: str
+) -> None:
+    text = f"{first}\n0.5,1,2,0\n"
+    if first == "0,1,2,3":
+        assert load_arrays(write_text(tmp_path / "d.csv", text))[0].shape == (2, 3)
+    else:
+        with pytest.raises(DataError, match="line 1, column 3"):
+            load_arrays(write_text(tmp_path / "d.csv", text))
 
 
 def test_csv_byte_order_mark_and_encoding(tmp_path: Path) -> None:

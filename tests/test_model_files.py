@@ -352,7 +352,7 @@ def nested(depth: int) -> dict:
     [
         ({"arrays": {"scaler_min": [np.nan, 0, 0, 0]}}, InputError, "NaN or infinite"),
         ({"arrays": {"scaler_max": np.array([1.0, np.inf])}}, InputError, "NaN or infinite"),
-        ({"metadata": {"a": "x" * 2**21}}, InputError, "metadata takes"),
+        ({"metadata": {"a": "x" * (gio.MAX_META_BYTES + 1)}}, InputError, "metadata takes"),
         ({"arrays": [1, 2]}, InputTypeError, "arrays must be a dict"),
         ({"arrays": {"a": [[1], [1, 2]]}}, InputError, "same length"),
         ({"metadata": nested(5000)}, InputError, "nested more than"),

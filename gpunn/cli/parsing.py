@@ -153,7 +153,7 @@ def _writable_path(flag: str, path: str | None) -> Path | None:
 
 
 def _why_unwritable(target: Path) -> str | None:
-    folder = target.parent
+    folder = target.resolve().parent  # a symbolic link is written through, in its target's
     try:
         os.stat(target)
     except FileNotFoundError:

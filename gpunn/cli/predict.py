@@ -14,7 +14,7 @@ from .parsing import add_backend_flags, check_output_files
 EPILOG = """\
 INPUT is a .csv (or .csv.gz) file of feature columns without labels, read as 'gpunn train'
 reads CSV data: comma, semicolon or tab separated, numbers optionally quoted, a header row
-optional (a first row holding no numbers), blank lines and lines starting with # skipped.
+optional (a first row of column names), blank lines and lines starting with # skipped.
 Or an .npz file with an array X (or a single array), or an .npy array: samples in rows,
 images are flattened. Features are scaled with the scaler stored in the model file. The output
 CSV has one row per sample: the predicted class and the network's output per class

@@ -27,6 +27,7 @@ from .parsing import (
 )
 from .plot import require_matplotlib, write_plot
 from .train_settings import (
+    MAX_STORED_EPOCHS,
     TRAIN_DEFAULTS,
     build_optimizer,
     check_schedule_flags,
@@ -177,11 +178,7 @@ def _print_progress(line: str, show_bar: bool) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """``gpunn train``: check the files, connect the ranks, train; the exit status."""
-    paths = check_output_files(
-        {"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
-        inputs={"--data": args.data, "--resume": args.resume},
-        rewrites=[("--save", "--resume")],
-    )
+    paths = _output_paths(args, {"--data": args.data})
     if paths["--plot"] is not None:
         require_matplotlib()
     if args.resume is not None and not Path(args.resume).expanduser().is_file():
@@ -192,6 +189,16 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         if comm is not None:
             comm.close()
+
+
+def _output_paths(args: argparse.Namespace, data: dict[str, str | None]) -> dict[str, Any]:
+    """The output files' paths, refused where unwritable, shared, or one of the inputs: the
+    model resumed from (which --save may update) and ``data``, {description: data spec}."""
+    return check_output_files(
+        {"--save": args.save, "--metrics": args.metrics, "--plot": args.plot},
+        inputs={**data, "--resume": args.resume},
+        rewrites=[("--save", "--resume")],
+    )
 
 
 def _connect(engine: str, backend: str) -> Any:
@@ -212,6 +219,13 @@ def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -
     quiet = args.quiet or not root
     model = load_model(args.resume, args.backend) if args.resume is not None else None
     s, opt = _settings_and_optimizer(args, model)
+    if args.data is None and model is not None:
+        _output_paths(args, {f"the data file that {args.resume} names": s.data})
+    if paths["--save"] is not None and s.initial_epoch + s.epochs > MAX_STORED_EPOCHS:
+        raise UsageError(
+            f"--save: a model file records at most {MAX_STORED_EPOCHS:,} epochs of training, "
+            f"and this run would reach epoch {s.initial_epoch + s.epochs:,}; train fewer epochs"
+        )
     dataset = load_dataset(
         s.data, val_fraction=s.val_fraction, test_fraction=s.test_fraction, seed=s.split_seed,
         dtype=s.dtype, label_column=parse_label_column(s.label_column),
