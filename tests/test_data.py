@@ -411,6 +411,24 @@ def test_csv_header_without_label_column_uses_last(tmp_path: Path) -> None:
     assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
 
 
+def test_gzip_csv_that_unpacks_far_beyond_csv_text_is_refused(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    monkeypatch.setattr(gpunn_data, "_CSV_GZIP_FREE_BYTES", 2**20)
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(b"0," * (16 * 2**20) + b"0\n"))  # 32 MiB from ~32 KiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="decompression bomb"):
+            load_features(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20  # refused long before the 32 MiB were unpacked
+    plain = tmp_path / "ok.csv.gz"
+    plain.write_bytes(gzip.compress(b"0,1,0\n1,0,1\n" * 1000))  # highly packed, but small
+    assert load_features(plain).shape == (2000, 3)
+
+
 def test_labels_that_skip_most_class_numbers_are_refused(tmp_path: Path) -> None:
     rows = "".join(f"{i},{i % 3},{(0, 1, 1000)[i % 3]}\n" for i in range(30))
     with pytest.raises(DataError, match=r"0 to 1000 but only 3 distinct.*np.unique"):
