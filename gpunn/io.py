@@ -450,11 +450,14 @@ def _check_meta(path: Path, meta: Any) -> dict[str, Any]:
             config[key] = validation.check_choice(key, config[key], choices)
         config["dtype"] = validation.check_dtype(config["dtype"]).name
         config["seed"] = validation.check_int("seed", config["seed"], minimum=0)
-        for key in ("epoch", "fit_seed"):
-            if key in meta:
-                meta[key] = validation.check_int(key, meta[key], minimum=0)
     except GpunnError as exc:
         raise ModelFileError(f"{path} has an invalid network config: {exc}") from None
+    for key in ("epoch", "fit_seed"):
+        if key in meta:
+            try:
+                meta[key] = validation.check_int(key, meta[key], minimum=0)
+            except GpunnError as exc:
+                raise ModelFileError(f"{path} has an invalid training state: {exc}") from None
     optimizer = meta.get("optimizer")
     if optimizer is not None:
         if (

@@ -735,3 +735,11 @@ def test_every_refusal_is_a_gpunn_value_error(tmp_path):
     with pytest.raises(GpunnError) as info:
         gpunn.load(path, backend="numpy")
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("key, value", [("epoch", 2.0), ("fit_seed", -1)])
+def test_a_bad_training_state_is_not_called_a_network_config(tmp_path, key, value):
+    members = members_of(make_net())
+    members[gio.META_KEY] = meta_array({**meta_of(make_net()), key: value})
+    message = refused(write_npz(tmp_path / "m.npz", members), "invalid training state", key)
+    assert "network config" not in message
