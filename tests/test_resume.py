@@ -154,8 +154,16 @@ def test_cli_resume_equals_straight_run(tmp_path, npz_data, name, flags):
     ]
 
 
-def test_cli_interrupted_run_resumes_where_it_stopped(tmp_path, npz_data, monkeypatch, capsys):
-    """Ctrl-C in epoch 3 of 4: the file holds epoch 2; a plain --resume finishes the plan."""
+@pytest.mark.parametrize("checkpoint_seconds, saved", [(0.0, 2), (3600.0, 1)])
+def test_cli_interrupted_run_resumes_where_it_stopped(tmp_path, npz_data, monkeypatch, capsys,
+                                                     checkpoint_seconds, saved):
+    """Ctrl-C in epoch 3 of 4: the file holds the last epoch written (every epoch when writes
+    are never held back; only the first when the next is an hour away), the message names
+    it, and a plain --resume finishes the plan from there."""
+    from gpunn.cli import train as cli_train
+
+    monkeypatch.setattr(cli_train, "CHECKPOINT_SECONDS", checkpoint_seconds)
+    monkeypatch.setattr(cli_train, "CHECKPOINT_SHARE", float("inf") if saved == 2 else 0.1)
     common = ["--data", npz_data, "--hidden", "6", "--optimizer", "adam", "--lr", "0.01",
               "--schedule", "cosine", "--epochs", "4"]
     straight, run = str(tmp_path / "straight.npz"), str(tmp_path / "run.npz")
@@ -173,11 +181,11 @@ def test_cli_interrupted_run_resumes_where_it_stopped(tmp_path, npz_data, monkey
     assert cli.main(["train", "--backend", "numpy", "--quiet", *common, "--save", run]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gpunn: error: interrupted")
-    assert "--resume" in err[0]
-    assert _weights(run).checkpoint.epoch == 2
+    assert f"after epoch {saved} is in" in err[0] and "--resume" in err[0]
+    assert _weights(run).checkpoint.epoch == saved
     monkeypatch.setattr(gpunn.train, "run_epoch", real_run_epoch)
 
-    _train("--resume", run, "--save", run)  # no --epochs: the 2 planned epochs left
+    _train("--resume", run, "--save", run)  # no --epochs: the planned epochs left
     _assert_same_weights(_weights(run), _weights(straight))
     assert _weights(run).checkpoint.epoch == 4
 

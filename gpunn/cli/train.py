@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,9 @@ data (--data):
   Features are min-max scaled with the training part; the scaler is stored in the model file.
 
 resuming:
-  With --save, the model file is rewritten (atomically) after every epoch, together with the
-  optimizer state, the epoch and the settings. '--resume FILE' continues that run: --epochs N
+  With --save, the model file is rewritten (atomically) after the first epoch, then at most
+  about once a second, and after the last epoch, together with the optimizer state, the epoch
+  and the settings. '--resume FILE' continues that run from the epoch it holds: --epochs N
   trains N more epochs (by default the rest of the planned ones), on the same data split, with
   the same batch order and schedule, so 2 + 2 resumed epochs give the weights of 4 straight.
 
@@ -124,7 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_flags(run)
     run.add_argument("--distributed", choices=("mpi", "nccl", "auto"),
                      help="data-parallel over the ranks of mpiexec (rank 0 prints and writes)")
-    run.add_argument("--save", metavar="PATH", help="write the model file here (every epoch)")
+    run.add_argument("--save", metavar="PATH",
+                     help="write the model file here (during training and at the end)")
     run.add_argument("--resume", metavar="PATH", help="continue training the model in PATH")
     run.add_argument("--metrics", metavar="PATH", help="write per-epoch metrics as JSON")
     run.add_argument("--plot", metavar="PATH", help="write the training curve as PNG")
@@ -137,16 +139,16 @@ class _EpochEnd(Callback):
     final save happens in _train, after early stopping restored its weights.)"""
 
     def __init__(self, records: list[dict[str, Any]], last_epoch: int, quiet: bool,
-                 show_bar: bool, save: Callable[[int], None] | None) -> None:
+                 show_bar: bool, writer: _ModelWriter | None) -> None:
         self.records, self.last_epoch = records, last_epoch
-        self.quiet, self.show_bar, self.save = quiet, show_bar, save
+        self.quiet, self.show_bar, self.writer = quiet, show_bar, writer
 
     def on_epoch_end(self, net: Any, record: dict[str, Any]) -> bool:
         self.records.append(_finite_or_none(record))
         if not self.quiet:
             _print_progress(_progress_line(record, self.last_epoch), self.show_bar)
-        if self.save is not None:
-            self.save(int(record["epoch"]))
+        if self.writer is not None:
+            self.writer.after_epoch(int(record["epoch"]))
         return False
 
 
@@ -235,13 +237,14 @@ def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -
     metadata = _run_metadata(s, dataset, schedule)
     records: list[dict[str, Any]] = metadata["train"]["history"]
     save_path = paths["--save"] if root else None
-    save = _model_writer(net, opt, save_path, dataset, metadata, s.seed)
+    writer = None if save_path is None else _ModelWriter(net, opt, save_path, dataset, metadata,
+                                                         s.seed)
     show_bar = not quiet and sys.stderr.isatty()
     if not quiet:
         say(_start_line(net, opt, s, dataset, comm, resuming=model is not None))
 
     callbacks: list[Callback] = [
-        _EpochEnd(records, s.initial_epoch + s.epochs, quiet, show_bar, save)
+        _EpochEnd(records, s.initial_epoch + s.epochs, quiet, show_bar, writer)
     ]
     if args.early_stopping:
         callbacks.append(EarlyStopping(patience=args.early_stopping))
@@ -254,8 +257,8 @@ def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -
             total_epochs=s.schedule_epochs, comm=comm,
         )
     except KeyboardInterrupt:
-        if save_path is not None and records:
-            raise KeyboardInterrupt(_interrupted_message(save_path, records)) from None
+        if writer is not None and writer.saved_epoch is not None:
+            raise KeyboardInterrupt(_interrupted_message(writer)) from None
         raise
     epochs_done = s.initial_epoch + len(history)
     stopped = len(history) < s.epochs
@@ -264,7 +267,8 @@ def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -
     test = net.evaluate(dataset.X_test, dataset.y_test) if len(dataset.y_test) else None
     if root:
         metrics = _metrics(net, opt, s.batch_size, dataset, schedule, records, test)
-        _write_files(paths, save, epochs_done, metrics, title=f"{describe(net)} on {dataset.name}")
+        _write_files(paths, writer, epochs_done, metrics,
+                     title=f"{describe(net)} on {dataset.name}")
         _print_result(paths, test, len(dataset.y_test), epochs_done if stopped else None, quiet)
     return 0
 
@@ -325,18 +329,43 @@ def _run_metadata(s: Any, dataset: Any, schedule: Any) -> dict[str, Any]:
     }
 
 
-def _model_writer(net: Any, opt: Any, path: Path | None, dataset: Any,
-                  metadata: dict[str, Any], fit_seed: int) -> Callable[[int], None] | None:
-    """The function that writes the model file after an epoch (None without a file to write)."""
-    if path is None:
-        return None
-    scaler_arrays = dataset.scaler.to_arrays() if dataset.scaler is not None else {}
+CHECKPOINT_SECONDS = 1.0
+"""The least training time between two writes of the model file during a run."""
+CHECKPOINT_SHARE = 0.1
+"""The most time, as a share of the training between them, that such writes may take."""
 
-    def save(epoch: int) -> None:
-        net.optimizer = opt  # fit sets it only at the end; the checkpoint needs it now
-        net.save(path, epoch=epoch, arrays=scaler_arrays, metadata=metadata, fit_seed=fit_seed)
 
-    return save
+class _ModelWriter:
+    """Writes the model file (--save) after epochs, so that an interrupted run can resume.
+
+    A write costs time that grows with the model and its history; after many short epochs it
+    would cost more than the training. So after the first epoch, the file is written again
+    only once training has gone on for CHECKPOINT_SECONDS, and long enough for the last write
+    to be at most CHECKPOINT_SHARE of it; the caller writes the final epoch with :meth:`save`.
+    """
+
+    def __init__(self, net: Any, opt: Any, path: Path, dataset: Any, metadata: dict[str, Any],
+                 fit_seed: int) -> None:
+        self.net, self.opt, self.path, self.metadata, self.fit_seed = (
+            net, opt, path, metadata, fit_seed)
+        self.arrays = dataset.scaler.to_arrays() if dataset.scaler is not None else {}
+        self.saved_epoch: int | None = None
+        self._saved_at = self._write_seconds = 0.0
+
+    def after_epoch(self, epoch: int) -> None:
+        waited = time.monotonic() - self._saved_at
+        due = max(CHECKPOINT_SECONDS, self._write_seconds / CHECKPOINT_SHARE)
+        if self.saved_epoch is None or waited >= due:
+            self.save(epoch)
+
+    def save(self, epoch: int) -> None:
+        start = time.monotonic()
+        self.net.optimizer = self.opt  # fit sets it only at the end; the checkpoint needs it now
+        self.net.save(self.path, epoch=epoch, arrays=self.arrays, metadata=self.metadata,
+                      fit_seed=self.fit_seed)
+        self._saved_at = time.monotonic()
+        self._write_seconds = self._saved_at - start
+        self.saved_epoch = epoch
 
 
 def _start_line(net: Any, opt: Any, s: Any, dataset: Any, comm: Any, resuming: bool) -> str:
@@ -351,10 +380,10 @@ def _start_line(net: Any, opt: Any, s: Any, dataset: Any, comm: Any, resuming: b
     )
 
 
-def _interrupted_message(save_path: Path, records: list[dict[str, Any]]) -> str:
+def _interrupted_message(writer: _ModelWriter) -> str:
     return (
-        f"interrupted; the model after epoch {int(records[-1]['epoch'])} is in {save_path}: "
-        f"continue with 'gpunn train --resume {save_path}'"
+        f"interrupted; the model after epoch {writer.saved_epoch} is in {writer.path}: "
+        f"continue with 'gpunn train --resume {writer.path}'"
     )
 
 
@@ -376,12 +405,12 @@ def _metrics(net: Any, opt: Any, batch_size: int, dataset: Any, schedule: Any,
     }
 
 
-def _write_files(paths: dict[str, Path | None], save: Callable[[int], None] | None,
+def _write_files(paths: dict[str, Path | None], writer: _ModelWriter | None,
                  epoch: int, metrics: dict[str, Any], title: str) -> None:
     """The files of the finished run: the model (with early stopping, its best epoch's
     weights), the metrics JSON and the training curve."""
-    if save is not None:
-        save(epoch)
+    if writer is not None:
+        writer.save(epoch)
     if paths["--metrics"] is not None:
         write_text(paths["--metrics"], json.dumps(metrics, indent=2) + "\n")
     if paths["--plot"] is not None:
