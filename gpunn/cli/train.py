@@ -135,8 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class _EpochEnd(Callback):
-    """After each epoch: keep the record, print the progress line, checkpoint the model. (The
-    final save happens in _train, after early stopping restored its weights.)"""
+    """After each epoch: keep the record, print the progress line, checkpoint the model when
+    due. (The final save happens in _train, after early stopping restored its weights.)"""
 
     def __init__(self, records: list[dict[str, Any]], last_epoch: int, quiet: bool,
                  show_bar: bool, writer: _ModelWriter | None) -> None:
