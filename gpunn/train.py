@@ -221,7 +221,7 @@ def fit(
         # the device running out of memory anywhere in training is reported with the batch size
         ops.memory_guard("training", batch_size,
                          Workspace.nbytes(net.sizes, batch_size, net.dtype)),
-        ops.training_scope(batch_size),
+        ops.training_scope(),
         # a diverging run is reported once, as DivergenceError, not as NumPy overflow warnings
         quiet_floating_point(),
         _progress_bar(epochs, progress) as bar,

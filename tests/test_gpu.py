@@ -233,7 +233,7 @@ def test_an_epoch_does_not_synchronise(device):
     net = gpunn.Network([12, 16, 3], backend=ops, seed=0)
     Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
     opt = make_optimizer("momentum", 0.1)
-    with ops.training_scope(10):
+    with ops.training_scope():
         for epoch in range(2):  # warm-up and capture, then one epoch of pure replays
             train.run_epoch(net, Xd, Yd, opt, 10, True, 0, epoch)
         ops.synchronize()

@@ -224,7 +224,7 @@ def test_a_step_is_the_fused_kernels_and_a_recorded_step_one_launch(simulated, h
         X, y = data(n=n)
         Xd, Yd = net.device_inputs(X), net.device_targets(y, len(X))
         opt = make_optimizer(optimizer, 0.01)
-        with ops.training_scope(10):
+        with ops.training_scope():
             for epoch in range(3):
                 launches, graphs_before = simulated.launches, simulated.graph_launches
                 train.run_epoch(net, Xd, Yd, opt, 10, True, 0, epoch)
@@ -273,7 +273,7 @@ def test_an_unshuffled_epoch_writes_its_order_once(simulated, monkeypatch):
     monkeypatch.setattr(on_gpu.backend, "copy_into", lambda out, src: (
         copies.append(out is train.epoch_order(on_gpu, len(X)).index), copy_into(out, src))[1])
     opts = [make_optimizer("momentum", 0.1) for _ in nets]
-    with on_gpu.backend.training_scope(10):
+    with on_gpu.backend.training_scope():
         for epoch, shuffle in enumerate([False, False, False, True, False, False]):
             before = sum(copies)
             for net, opt in zip(nets, opts, strict=True):

@@ -170,7 +170,7 @@ class CupyOps(Ops):
         finally:
             outer.wait_event(stream.record())
 
-    def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
+    def training_scope(self) -> contextlib.AbstractContextManager[Any]:
         """What ``fit`` enters around its epochs: the backend's stream made current."""
         return self.stream_scope()
 

@@ -88,7 +88,7 @@ class Ops:
         """0, 1, ..., n−1 as int64 on the device: the order of an unshuffled epoch."""
         return self.xp.arange(n, dtype=self.xp.int64)
 
-    def training_scope(self, batch_rows: int) -> contextlib.AbstractContextManager[Any]:
+    def training_scope(self) -> contextlib.AbstractContextManager[Any]:
         """A context entered around a whole fit (BLAS threads, streams); nothing here."""
         return contextlib.nullcontext()
 
