@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, InputError
 from ..files import atomic_write
+from .runner import TORCH_PEERS
 
 _ORDER = {"gpunn": 0, "torch-eager": 1, "torch-compile": 2, "torch-cuda-graph": 3,
           "torch-amp": 4, "per-sample": 5}
@@ -100,9 +101,6 @@ _PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-compile": "PyTorch comp
                   "per-sample": "per-sample loop"}
 
 
-#: the PyTorch peers that compute what gpunn computes, in its precision (not AMP's float16)
-_SAME_PRECISION_TORCH = ("torch-eager", "torch-compile", "torch-cuda-graph")
-
 
 def format_markdown(results: dict) -> str:
     """A Markdown table per backend of the selected configurations at their own batch size
@@ -116,7 +114,7 @@ def format_markdown(results: dict) -> str:
         cells = {(r["config"], r["contender"]): r for r in rows if r["backend"] == backend}
         peers = [p for p in _PEER_HEADINGS if any(contender == p for _, contender in cells)]
         ratio = ["gpunn / PyTorch eager"] if "torch-eager" in peers else []
-        torches = [p for p in _SAME_PRECISION_TORCH if p in peers]
+        torches = [p for p in peers if p in TORCH_PEERS and TORCH_PEERS[p].same_precision]
         if len(torches) > 1:
             ratio.append("gpunn / fastest PyTorch")
         headings = ["config", f"gpunn {label}", *map(_PEER_HEADINGS.get, peers),

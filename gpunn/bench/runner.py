@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backend import available_backends, get_backend, unavailable_reason
 from ..errors import InputError, describe
@@ -37,13 +37,22 @@ DATA_BYTES = {"cpu": 48 * 2**20, "gpu": 192 * 2**20}
 
 #: every peer gpunn can be timed against, in the order of the tables
 PEERS = ("torch-eager", "torch-compile", "torch-cuda-graph", "torch-amp", "per-sample")
-#: the PyTorch peers: the function of :mod:`.contenders` that makes each, and whether it
-#: runs on the CPU too
-TORCH_PEERS: dict[str, tuple[str, bool]] = {
-    "torch-eager": ("make_torch_eager", True),
-    "torch-compile": ("make_torch_compile", True),
-    "torch-cuda-graph": ("make_torch_cuda_graph", False),
-    "torch-amp": ("make_torch_amp", False),
+
+
+class TorchPeer(NamedTuple):
+    """A PyTorch peer: the function of :mod:`.contenders` that makes it, whether it runs on
+    the CPU too, and whether it computes in gpunn's precision (AMP's float16 does not)."""
+
+    maker: str
+    on_cpu: bool
+    same_precision: bool
+
+
+TORCH_PEERS: dict[str, TorchPeer] = {
+    "torch-eager": TorchPeer("make_torch_eager", on_cpu=True, same_precision=True),
+    "torch-compile": TorchPeer("make_torch_compile", on_cpu=True, same_precision=True),
+    "torch-cuda-graph": TorchPeer("make_torch_cuda_graph", on_cpu=False, same_precision=True),
+    "torch-amp": TorchPeer("make_torch_amp", on_cpu=False, same_precision=False),
 }
 #: peers timed at the selected configurations' own batch sizes only, not across the sweep:
 #: compiling takes tens of seconds per model and batch size
@@ -379,11 +388,11 @@ def _build_contenders(run: _Run, cfg: BenchConfig, backend: str, data: C.Synthet
     for name in run.peers:
         if name not in TORCH_PEERS:
             continue
-        maker, on_cpu = TORCH_PEERS[name]
-        if (backend != "cupy" and not on_cpu) or (
+        peer = TORCH_PEERS[name]
+        if (backend != "cupy" and not peer.on_cpu) or (
                 name in CONFIGURATIONS_ONLY and cfg not in run.configs):
             continue
-        makers.append((name, partial(getattr(C, maker), cfg, backend, cfg.batch, data, params,
+        makers.append((name, partial(getattr(C, peer.maker), cfg, backend, cfg.batch, data, params,
                                      tf32=run.tf32)))
     built = []
     for name, make in makers:
