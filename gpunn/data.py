@@ -436,8 +436,9 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the raw ``(X, y)`` of a data spec, validated but neither split nor scaled.
 
-    ``X`` is 2-D (n_samples, n_features): float32 for 8-bit images (MNIST, exact), otherwise
-    float64 (float32 ``.npz`` arrays stay float32). ``y`` is int64 labels 0..k-1.
+    ``X`` is 2-D (n_samples, n_features): float32 for 8-bit images (MNIST) and for CSV files
+    of integers that float32 holds exactly (|v| ≤ 2²⁴), otherwise float64 (float32 ``.npz``
+    arrays stay float32). ``y`` is int64 labels 0..k-1.
 
     ``spec`` is a builtin name (``DATASETS``; ``-`` and ``_`` are interchangeable), ``"mnist:DIR"``
     (train and t10k files concatenated, train first), a ``.npz`` path (arrays ``X`` and ``y``;
@@ -465,15 +466,16 @@ def load_features(path: str | os.PathLike[str]) -> np.ndarray:
     ``path`` is a ``.csv`` or ``.csv.gz`` file of feature columns only (no label column), read
     by the same rules as the CSV files of :func:`load_arrays` (see the module docstring), an
     ``.npz`` file (array ``X``, or its only array) or an ``.npy`` file. Arrays with more than 2
-    dimensions, such as images (n, 28, 28), are flattened per sample. Float32 arrays stay
-    float32; anything else becomes float64. Every value must be finite.
+    dimensions, such as images (n, 28, 28), are flattened per sample. Float32 arrays, and CSV
+    files of integers that float32 holds exactly, become float32; anything else float64.
+    Every value must be finite.
     """
     p = Path(path).expanduser()
     where = repr(str(p))
     suffix = p.name.lower()
     if suffix.endswith((".csv", ".csv.gz")):
         source = _read_csv_text(p)
-        table = _parse_csv(source, label_index=None)
+        table = _csv_features(_parse_csv(source, label_index=None))
         return _checked_features(table, where, source.line_numbers)
     if suffix.endswith((".npz", ".npy")):
         return _checked_features(_load_feature_array(p), where)
@@ -968,7 +970,7 @@ def _load_csv(path: Path, label_column: str | int | None) -> tuple[np.ndarray, n
     label_idx = _csv_label_index(source.header, source.n_cols, label_column, where)
     table = _parse_csv(source, label_idx)
     y = table[:, label_idx]
-    X = np.delete(table, label_idx, axis=1)
+    X = _csv_features(np.delete(table, label_idx, axis=1))
     label_name = repr(source.header[label_idx]) if source.header else f"index {label_idx}"
     return _validated(X, y, f"{where} (label column {label_name})", source.line_numbers)
 
@@ -1011,17 +1013,25 @@ def _csv_label_index(
 
 
 def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
-    """The rows of a CSV file as a float64 table, or a DataError naming the first bad cell's
-    line and column (``label_index``: the label column, named in that message)."""
-    try:
-        table = np.loadtxt(
-            [line for _, line in source.rows], delimiter=source.delimiter, quotechar='"',
-            dtype=np.float64, ndmin=2, comments=None,
-        )
+    """The rows of a CSV file as a table, int32 when every cell is an integer that fits and
+    float64 otherwise, or a DataError naming the first bad cell's line and column
+    (``label_index``: the label column, named in that message).
+
+    Cells are read as integers first: NumPy parses them about seven times faster than
+    decimals, and most such files (pixels and labels) hold nothing else. The first cell that is
+    not an int32 (a decimal, an exponent, ``nan``, a larger number) stops that attempt at once,
+    and the file is read as decimals.
+    """
+    lines = [line for _, line in source.rows]
+    for dtype in (np.int32, np.float64):
+        try:
+            table = np.loadtxt(lines, delimiter=source.delimiter, quotechar='"', dtype=dtype,
+                               ndmin=2, comments=None)
+        except ValueError:
+            continue
         if table.shape[1] == source.n_cols:
             return table
-    except ValueError:
-        pass
+        break
     # NumPy's fast parser failed: read the rows in Python, to name the cell that is wrong.
     table = np.empty((len(source.rows), source.n_cols))
     for i, (number, line) in enumerate(source.rows):
@@ -1038,6 +1048,15 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
                 raise DataError(f"{source.where} line {number}, {problem}")
             table[i, j] = value
     return table
+
+
+def _csv_features(table: np.ndarray) -> np.ndarray:
+    """The feature columns of a CSV table as floats: integers that float32 holds exactly
+    (|v| ≤ 2²⁴, such as 8-bit pixels) as float32, as MNIST's IDX images are read; anything
+    else as float64."""
+    if table.dtype.kind == "i" and max(-int(table.min()), int(table.max())) <= 2**24:
+        return table.astype(np.float32)
+    return table.astype(np.float64, copy=False)
 
 
 def _bad_cell(source: _CsvText, row: int, col: int, cell: str, label_index: int | None) -> str:

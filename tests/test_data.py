@@ -751,6 +751,30 @@ def test_csv_dialects_are_read_alike_for_training_and_prediction(
 
 
 @pytest.mark.parametrize(
+    ("rows", "dtype"),
+    [
+        ("255,0,1\n-7,16777216,0\n", np.float32),  # integers float32 holds exactly
+        ("1,16777217,1\n2,3,0\n", np.float64),  # past 2**24: float32 would round it
+        ("1,2,1\n3,4000000000,0\n", np.float64),  # past int32: read as decimals
+        ("1,2,1\n3,4.5,0\n", np.float64),  # a decimal in the last row
+        ("1,2e3,1\n3,4,0\n", np.float64),  # an exponent
+    ],
+)
+def test_csv_of_integers_is_read_as_integers_and_exact(
+    tmp_path: Path, rows: str, dtype: type
+) -> None:
+    p = write_text(tmp_path / "d.csv", "a,b,label\n" + rows)
+    expected = np.array([[float(c) for c in line.split(",")] for line in rows.split()])
+    X, y = load_arrays(p)
+    assert X.dtype == dtype and y.dtype == np.int64
+    assert X.astype(np.float64).tolist() == expected[:, :2].tolist()
+    assert y.tolist() == expected[:, 2].tolist()
+    features = load_features(p)
+    assert features.dtype == dtype
+    assert features.astype(np.float64).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
     ("text", "match"),
     [
         ("a,b,label\n1_000,2,0\n3,4,1\n", r"line 2, column 1 \('a'\): non-numeric value '1_000'"),
