@@ -78,6 +78,7 @@ class State:
         self.graph_launches = 0
         self.memory_limit = 2 << 30  # bytes; a larger single allocation is out of memory
         self.compute_type: dict[str, int] = {}
+        self.gemm_compute_types: list[int] = []  # of each product of gpunn's cuBLAS handle
         self.compute_capability = "90"  # Device().compute_capability
         self.compiled_kernels = False  # run the kernels' CUDA text compiled for the CPU
         self.streams: weakref.WeakSet[Stream] = weakref.WeakSet()
@@ -362,6 +363,8 @@ class MemoryPointer:
 
 def _binary(fn: Callable[..., Any], reflected: bool = False) -> Callable[..., Any]:
     def method(self: ndarray, other: Any) -> Any:
+        if fn is numpy.matmul:
+            _refuse_cublas_in_capture("the @ operator")
         if isinstance(other, numpy.ndarray):
             return NotImplemented if not reflected else _run(fn, (other, self), {})
         return _run(fn, (other, self) if reflected else (self, other), {})
@@ -371,6 +374,8 @@ def _binary(fn: Callable[..., Any], reflected: bool = False) -> Callable[..., An
 
 def _inplace(fn: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: ndarray, other: Any) -> ndarray:
+        if fn is numpy.matmul:
+            _refuse_cublas_in_capture("the @= operator")
         _run(fn, (self, other), {"out": self})
         return self
 
@@ -549,6 +554,17 @@ def full(shape: Any, fill_value: Any, dtype: Any = None) -> ndarray:
     return array_
 
 
+#: CuPy functions that call cuBLAS, which CuPy refuses while a stream captures
+_CUBLAS_FUNCTIONS = frozenset({"matmul", "dot", "vdot", "inner", "tensordot", "einsum"})
+
+
+def _refuse_cublas_in_capture(what: str) -> None:
+    """CuPy's ``cublas.setStream`` raises this while the stream captures (CuPy 13 and 14)."""
+    if state.capturing is not None:
+        raise NotImplementedError(
+            f"calling cuBLAS API during stream capture is currently unsupported ({what})")
+
+
 def __getattr__(name: str) -> Any:
     """Every other NumPy name: types and constants as they are, functions as device work."""
     _require_name(state.cupy_names, name, "module 'cupy'")
@@ -556,18 +572,25 @@ def __getattr__(name: str) -> Any:
     if isinstance(value, type) or not callable(value):
         return value
     if isinstance(value, numpy.ufunc):
-        return _Ufunc(value)
-    return functools.wraps(value)(
-        lambda *args, **kwargs: _run(value, args, kwargs, mutates=value in _MUTATING_FUNCTIONS)
-    )
+        return _Ufunc(value, refused_in_capture=name in _CUBLAS_FUNCTIONS)
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        if name in _CUBLAS_FUNCTIONS:
+            _refuse_cublas_in_capture(f"cupy.{name}")
+        return _run(value, args, kwargs, mutates=value in _MUTATING_FUNCTIONS)
+
+    return functools.wraps(value)(function)
 
 
 class _Ufunc:
-    def __init__(self, ufunc: numpy.ufunc) -> None:
+    def __init__(self, ufunc: numpy.ufunc, refused_in_capture: bool = False) -> None:
         self._ufunc = ufunc
         self.__name__ = ufunc.__name__
+        self._refused_in_capture = refused_in_capture
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._refused_in_capture:
+            _refuse_cublas_in_capture(f"cupy.{self.__name__}")
         return _run(self._ufunc, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -997,6 +1020,21 @@ cupyx = types.SimpleNamespace(allow_synchronize=_allow_synchronize)
 
 
 # ---------------------------------------------------------------------------- installing
+def _own_cublas_gemm() -> Callable[..., None]:
+    """gpunn's own cuBLAS product on the simulated GPU: the host model of ``cublasGemmEx``
+    (``tests/host_blas.py``) run as device work on the current stream, so it is recorded while
+    a stream captures; each call's compute type is kept in :attr:`State.gemm_compute_types`."""
+    import host_blas
+
+    from gpunn.backend.cuda import gemm_compute_type
+
+    def gemm(plan: Any, a: ndarray, b: ndarray, out: ndarray) -> None:
+        state.gemm_compute_types.append(gemm_compute_type(a.dtype))
+        _launch(lambda: host_blas.gemm(plan, a._a, b._a, out._a), [a._a, b._a], [out._a])
+
+    return gemm
+
+
 @contextlib.contextmanager
 def install(compiled_kernels: bool = False) -> Iterator[State]:
     """Put the simulation in the place of CuPy for gpunn (and ``import cupy``), freshly reset;
@@ -1020,6 +1058,7 @@ def install(compiled_kernels: bool = False) -> Iterator[State]:
         (cuda_module, "cupy", module), (cuda_module, "cupyx", cupyx),
         (cuda_module, "_IMPORT_ERROR", None),
         (K, "cupy", module), (cupy_ops, "cupy", module), (cupy_ops.CupyOps, "xp", module),
+        (cupy_ops, "own_cublas_gemm", _own_cublas_gemm),
     ]
     modules = {"cupy": module, "cupy._core": _core,
                "cupy._core._routines_linalg": _routines_linalg, "cupyx": cupyx}

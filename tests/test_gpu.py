@@ -257,6 +257,27 @@ def test_out_of_memory_becomes_device_memory_error(device):
             cupy.empty(need // 4, dtype=cupy.float32)
 
 
+def test_products_go_through_gpunns_cublas_handle_and_equal_cupys(device):
+    """CuPy refuses cuBLAS calls while a stream captures, so a step's products go through
+    gpunn's own handle: in the layouts a step uses (transposed views of the flat parameters,
+    the first rows of a workspace), in float32 and float64, they equal cupy.matmul's."""
+    cupy = device.cupy
+    ops = cupy_ops()
+    rng = numpy.random.default_rng(3)
+    for dtype, rtol in (("float32", 1e-5), ("float64", 1e-12)):
+        params = cupy.asarray(rng.standard_normal(8 * 5 + 8), dtype)
+        W = params[: 8 * 5].reshape(8, 5)
+        A_prev = cupy.asarray(rng.standard_normal((12, 5)), dtype)[:9]
+        delta = cupy.asarray(rng.standard_normal((12, 8)), dtype)[:9]
+        dW = cupy.zeros(8 * 5 + 8, dtype)[: 8 * 5].reshape(8, 5)
+        for a, b, out in ((A_prev, W.T, cupy.empty((9, 8), dtype)), (delta.T, A_prev, dW),
+                          (delta, W, cupy.empty((9, 5), dtype))):
+            assert ops.matmul(a, b, out=out) is out
+            numpy.testing.assert_allclose(out.get(), cupy.matmul(a, b).get(), rtol=rtol,
+                                          atol=rtol)
+    assert ops.cublas_problem is None
+
+
 def test_tf32_switch_sets_cupys_compute_type(device):
     cupy = device.cupy
     from cupy._core import _routines_linalg as linalg

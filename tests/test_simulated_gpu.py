@@ -20,6 +20,44 @@ from gpunn.errors import DeviceMemoryError
 from gpunn.optim import make_optimizer
 
 
+def test_cupys_products_are_refused_while_a_stream_captures(simulated):
+    """As CuPy 13 and 14 refuse them (its cublas.setStream raises), so that a step recorded
+    on the simulated GPU must do its products through gpunn's own cuBLAS handle."""
+    cp = simulated_cupy
+    a = cp.ones((2, 2), dtype="float32")
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for product in (lambda: cp.matmul(a, a), lambda: a @ a, lambda: cp.dot(a, a)):
+            with pytest.raises(NotImplementedError, match="cuBLAS API during stream capture"):
+                product()
+        stream.end_capture()
+
+
+def test_gpunns_products_follow_the_tf32_setting_and_the_dtype(simulated):
+    from gpunn.backend import cublas
+
+    ops = cupy_ops()
+    for dtype in ("float32", "float64"):
+        a = simulated_cupy.ones((3, 3), dtype=dtype)
+        for tf32 in (False, True):
+            with ops.tf32_scope(tf32):
+                ops.matmul(a, a, out=simulated_cupy.empty((3, 3), dtype=dtype))
+    assert simulated.gemm_compute_types == [
+        cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_COMPUTE_32F_FAST_TF32,
+        cublas.CUBLAS_COMPUTE_64F, cublas.CUBLAS_COMPUTE_64F,
+    ]
+
+
+def test_a_layout_one_cublas_call_cannot_take_is_left_to_cupy(simulated):
+    ops = cupy_ops()
+    a = simulated_cupy.ones((4, 6), dtype="float32")[:, ::2]  # strided both ways
+    out = ops.matmul(a, simulated_cupy.ones((3, 2), dtype="float32"),
+                     out=simulated_cupy.empty((4, 2), dtype="float32"))
+    assert out.get().tolist() == [[3.0, 3.0]] * 4
+    assert simulated.gemm_compute_types == []
+
+
 def test_a_network_too_large_for_the_gpu_says_so(simulated):
     simulated.memory_limit = 1 << 20  # 1 MiB of device memory
     with pytest.raises(DeviceMemoryError, match="allocating the weights and gradients, which "

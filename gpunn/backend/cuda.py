@@ -5,17 +5,31 @@ of gpunn imports and runs on NumPy without it. ``cupy`` is the module or ``None`
 likewise: the tests use its ``allow_synchronize`` to prove that a step loop never waits for
 the GPU); :func:`unavailable_reason` says in words why the GPU cannot be used, and what to do.
 The few CuPy settings gpunn reads or changes outside the public array API (the compute type
-of float32 matrix products, for TF32) are read and changed here.
+of float32 matrix products, for TF32) are read and changed here, and gpunn's own cuBLAS handle
+is made here from the library CuPy loaded (:func:`own_cublas_gemm`; why it exists:
+:mod:`gpunn.backend.cublas`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import threading
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import numpy
 
 from ..errors import describe
+from .cublas import (
+    CUBLAS_COMPUTE_32F,
+    CUBLAS_COMPUTE_32F_FAST_TF32,
+    CUBLAS_COMPUTE_64F,
+    WORKSPACE_BYTES,
+    Cublas,
+    GemmPlan,
+)
 
 try:  # pragma: no cover - depends on the machine
     import cupy
@@ -155,3 +169,72 @@ def tf32_in_use() -> bool:
 def gpu_available() -> bool:
     """True when CuPy is installed and a GPU can run kernels."""
     return unavailable_reason() is None
+
+
+Gemm = Callable[[GemmPlan, Any, Any, Any], None]
+
+
+def own_cublas_gemm() -> Gemm:
+    """``gemm(plan, a, b, out)``: out = a @ b by a :class:`~gpunn.backend.cublas.GemmPlan`,
+    queued on the current stream through gpunn's own cuBLAS handle for the current device and
+    thread (made on the first call for them; that call must not be inside a capture). Its float32
+    products follow CuPy's compute type, so ``tf32_scope`` and ``CUPY_TF32`` apply to them
+    too. Raises OSError or :class:`~gpunn.backend.cublas.CublasError` when the handle cannot
+    be made."""
+    device = cupy.cuda.runtime.getDevice()
+    _cublas_handle(device, threading.get_ident())  # fails here, not in a step, if it cannot
+
+    def gemm(plan: GemmPlan, a: Any, b: Any, out: Any) -> None:
+        blas = _cublas_handle(device, threading.get_ident())
+        blas.gemm(plan, a.data.ptr, b.data.ptr, out.data.ptr, a.dtype,
+                  gemm_compute_type(a.dtype), cupy.cuda.get_current_stream().ptr)
+
+    return gemm
+
+
+def gemm_compute_type(dtype: Any) -> int:
+    """The cublasComputeType_t of a product in ``dtype`` now: float64 in float64; float32 on
+    TF32 where CuPy's float32 compute type says so (:func:`tf32_in_use`), else in float32."""
+    if numpy.dtype(dtype) == numpy.float64:
+        return CUBLAS_COMPUTE_64F
+    return CUBLAS_COMPUTE_32F_FAST_TF32 if tf32_in_use() else CUBLAS_COMPUTE_32F
+
+
+@functools.cache
+def _cublas_handle(device: int, thread: int) -> Cublas:  # pragma: no cover - needs a GPU
+    """The handle of ``device`` for one thread (a handle must not serve two threads at once),
+    with a workspace per stream it runs on."""
+    library = _cublas_library()
+    workspaces: dict[int, Any] = {}
+
+    def workspace(stream_ptr: int) -> tuple[int, int]:
+        block = workspaces.get(stream_ptr)
+        if block is None:
+            with cupy.cuda.Device(device):
+                block = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+            workspaces[stream_ptr] = block
+        return block.data.ptr, block.nbytes
+
+    with cupy.cuda.Device(device):  # a handle belongs to the device current when it is made
+        return Cublas(library, workspace)
+
+
+def _cublas_library() -> Any:  # pragma: no cover - needs a GPU
+    """libcublas, the very library CuPy loaded (found in the process's memory map), else the
+    one the loader finds for CuPy's CUDA version."""
+    cupy.cuda.device.get_cublas_handle()  # CuPy loads cuBLAS when it first needs it
+    candidates = []
+    try:
+        with open("/proc/self/maps") as maps:
+            candidates += sorted({line.split()[-1] for line in maps if "/libcublas.so" in line})
+    except OSError:
+        pass
+    candidates += [f"libcublas.so.{cupy.cuda.runtime.runtimeGetVersion() // 1000}",
+                   "libcublas.so"]
+    problems = []
+    for name in candidates:
+        try:
+            return ctypes.CDLL(name)
+        except OSError as exc:
+            problems.append(str(exc))
+    raise OSError(f"cannot load libcublas ({'; '.join(problems)})")

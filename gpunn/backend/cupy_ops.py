@@ -3,6 +3,8 @@
 :class:`CupyOps` overrides only what a training step spends its launches on, with the fused
 kernels of :mod:`gpunn.backend.kernels` (each has a NumPy reference):
 
+* products: through a cuBLAS handle of gpunn's own (:mod:`gpunn.backend.cublas`), since CuPy
+  refuses cuBLAS calls while a step is being recorded;
 * forward: GEMM into the layer's buffer, then ONE kernel for bias + activation
   (:meth:`CupyOps.layer_forward`; softmax is one row kernel that also adds the bias);
 * backward: δ ⊙ σ'(z) in one kernel; the output delta (MSE or cross-entropy) in one kernel;
@@ -42,9 +44,12 @@ import numpy
 
 from ..errors import DeviceMemoryError, InputError, describe
 from . import kernels as K
+from .cublas import CUBLAS_STATUS_ALLOC_FAILED, CublasError, gemm_plan
 from .cuda import (
+    Gemm,
     cupy,
     float32_compute_type,
+    own_cublas_gemm,
     set_float32_compute_type,
     tf32_compute_type,
     tf32_in_use,
@@ -70,6 +75,8 @@ def _out_of_memory(exc: BaseException) -> bool:
     needs the cuBLAS library, which is loaded only when a product first runs."""
     if isinstance(exc, cupy.cuda.memory.OutOfMemoryError):
         return True
+    if isinstance(exc, CublasError):  # gpunn's own handle
+        return exc.status == CUBLAS_STATUS_ALLOC_FAILED
     status = getattr(exc, "status", None)
     if isinstance(exc, cupy.cuda.runtime.CUDARuntimeError):
         return status == 2
@@ -138,6 +145,8 @@ class CupyOps(Ops):
         self._eager_only: set[Any] = set()
         self._warned_capture = False
         self._zero_cache: dict[Any, Any] = {}
+        self._own_gemm: Gemm | None = None
+        self.cublas_problem: str | None = None  # why gpunn's own cuBLAS handle is not in use
         if self.tf32 and cupy is not None:  # pragma: no cover - needs a GPU
             self.set_tf32(True)
 
@@ -354,10 +363,12 @@ class CupyOps(Ops):
             self._steps.pop(key, None)
             if not self._warned_capture:
                 self._warned_capture = True
+                why = describe(exc)
+                if self.cublas_problem is not None:
+                    why += f"; gpunn's own cuBLAS handle is not in use: {self.cublas_problem}"
                 warnings.warn(
                     f"gpunn: a training step could not be recorded as a CUDA graph "
-                    f"({describe(exc)}); it runs eagerly (set {GRAPHS_ENV}=0 to "
-                    "skip recording)",
+                    f"({why}); it runs eagerly (set {GRAPHS_ENV}=0 to skip recording)",
                     RuntimeWarning,
                     stacklevel=4,
                 )
@@ -401,10 +412,35 @@ class CupyOps(Ops):
             return value
         return numpy.dtype(dtype).type(value)
 
+    # ------------------------------------------------------------------ products
+    def matmul(self, a: Array, b: Array, out: Array) -> Array:
+        """out = a @ b through gpunn's own cuBLAS handle, which a recorded step may contain
+        (CuPy refuses cuBLAS calls while a stream captures: see :mod:`gpunn.backend.cublas`);
+        through ``cupy.matmul`` where one cuBLAS call cannot take the layout, or where the
+        handle cannot be made (then steps are not recorded: a capture fails, and says why)."""
+        plan = gemm_plan(a, b, out)
+        gemm = self._gemm() if plan is not None else None
+        if gemm is None:
+            return cupy.matmul(a, b, out=out)
+        gemm(plan, a, b, out)
+        return out
+
+    def _gemm(self) -> Gemm | None:
+        """The product of gpunn's own cuBLAS handle, made on first use; None where it cannot
+        be (no libcublas found, say), with the reason in :attr:`cublas_problem`."""
+        if self._own_gemm is None and self.cublas_problem is None:
+            try:
+                self._own_gemm = own_cublas_gemm()
+            except Exception as exc:
+                if _out_of_memory(exc):
+                    raise
+                self.cublas_problem = describe(exc)
+        return self._own_gemm
+
     # ------------------------------------------------------------------ forward
     def affine_forward(self, A_prev: Array, W: Array, b: Array, out: Array) -> Array:
         """Z = A_prev Wᵀ + b: a GEMM into ``out``, then the bias (one elementwise kernel)."""
-        cupy.matmul(A_prev, W.T, out=out)
+        self.matmul(A_prev, W.T, out=out)
         K.BIAS_ACT["identity"].build()(out, b, out)
         return out
 
@@ -416,7 +452,7 @@ class CupyOps(Ops):
         Hidden layers (``Z`` None) compute in place in ``out``; the output layer keeps
         z = A_prev Wᵀ + b in ``Z`` for the cost and writes a into ``out``.
         """
-        cupy.matmul(A_prev, W.T, out=out if Z is None else Z)
+        self.matmul(A_prev, W.T, out=out if Z is None else Z)
         if activation == "softmax":
             self._bias_softmax(out if Z is None else Z, b, out)
         elif Z is None:

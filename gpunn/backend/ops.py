@@ -135,20 +135,24 @@ class Ops:
         return False
 
     # ------------------------------------------------------------------ affine map
+    def matmul(self, a: Array, b: Array, out: Array) -> Array:
+        """out = a @ b: every matrix product of a step goes through here."""
+        return self.xp.matmul(a, b, out=out)
+
     def affine_forward(self, A_prev: Array, W: Array, b: Array, out: Array) -> Array:
         """Z = A_prev Wᵀ + b: the batched z^(l) = W^(l) a^(l-1) + b^(l), one sample per row."""
-        self.xp.matmul(A_prev, W.T, out=out)
+        self.matmul(A_prev, W.T, out=out)
         out += b
         return out
 
     def affine_backward_weights(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
         """∂C/∂W^(l) = δ^(l)ᵀ A^(l-1) and ∂C/∂b^(l) = Σ_rows δ^(l), written into dW and db."""
-        self.xp.matmul(delta.T, A_prev, out=dW)
+        self.matmul(delta.T, A_prev, out=dW)
         self.xp.sum(delta, axis=0, out=db)
 
     def affine_backward_input(self, delta: Array, W: Array, out: Array) -> Array:
         """∂C/∂a^(l-1) = δ^(l) W^(l): the error carried back one layer, before σ'."""
-        return self.xp.matmul(delta, W, out=out)
+        return self.matmul(delta, W, out=out)
 
     def layer_forward(
         self, A_prev: Array, W: Array, b: Array, activation: str, out: Array, Z: Array = None

@@ -487,14 +487,21 @@ def gemm_gflops(matmul: Callable[[], Any], n: int, timer: Timer, repeats: int = 
 
 def backend_matmul(backend_name: str, n: int, seed: int = 0,
                    dtype: str = "float32") -> tuple[Callable[[], Any], Timer]:
-    """An n x n x n product on a gpunn backend (``xp.matmul`` into a preallocated output),
-    with the timer for that backend: the GEMM ceiling's unit of work."""
+    """An n x n x n product on a gpunn backend (the backend's ``matmul`` into a preallocated
+    output, the products a training step makes), with the timer for that backend: the GEMM
+    ceiling's unit of work. It runs where the backend trains (the GPU backend's own stream),
+    which is where the timer's events are recorded."""
     be = get_backend(backend_name)
     rng = np.random.default_rng(seed)
     A = be.asarray(rng.random((n, n), dtype=np.float32), dtype=dtype)
     B = be.asarray(rng.random((n, n), dtype=np.float32), dtype=dtype)
     C = be.asarray(np.empty((n, n), dtype=dtype))
-    return (lambda: be.xp.matmul(A, B, out=C)), backend_timer(be)
+
+    def product() -> None:
+        with be.training_scope():
+            be.matmul(A, B, out=C)
+
+    return product, backend_timer(be)
 
 
 def backend_gemm(backend_name: str, n: int, repeats: int = 5, seed: int = 0,
