@@ -30,6 +30,7 @@ and is launched as ``mpiexec -n 4 python train.py``. Engines:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
@@ -300,8 +301,10 @@ def connect(engine: str = "auto", ops: Ops | str | None = None) -> Communicator:
     engine = engine.strip().lower()
     if engine == "none":
         return SingleProcess()
-    ops = get_backend(ops)
     world = launcher_world()
+    if world is not None and not isinstance(ops, Ops):
+        _select_launcher_gpu(world[3])
+    ops = get_backend(ops)
     if engine == "auto":
         if world is None:
             engine = "nccl" if ops.name == "cupy" and usable_nccl() is not None else "mpi"
@@ -426,6 +429,17 @@ def _local_rank(MPI: Any, mpi_comm: Any) -> int:
         return host.Get_rank()
     finally:
         host.Free()
+
+
+def _select_launcher_gpu(local_rank: int) -> None:
+    """Make this rank's GPU current before the backend is chosen, where the launcher says the
+    rank's place on its host: choosing a backend runs a first kernel, and every rank would
+    otherwise make a CUDA context (hundreds of MB) on GPU 0. Nothing happens without CuPy or
+    a GPU (the backend choice then says why)."""
+    if _cuda.cupy_module() is None:
+        return
+    with contextlib.suppress(Exception):
+        _use_local_gpu(local_rank)
 
 
 def _use_local_gpu(local_rank: int) -> int:

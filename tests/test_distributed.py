@@ -354,6 +354,24 @@ def test_connect_detects_an_mpiexec_of_another_mpi(no_launcher):
         connect("mpi", "numpy")
 
 
+def test_connect_selects_the_launchers_gpu_before_choosing_the_backend(no_launcher,
+                                                                      monkeypatch):
+    """Choosing a GPU backend runs a first kernel on the current GPU: a rank must be on its
+    own GPU by then, or every rank makes a CUDA context on GPU 0."""
+    mpi_or_skip()
+    events = []
+    monkeypatch.setattr(distributed._cuda, "cupy_module", lambda: object())
+    monkeypatch.setattr(distributed, "_use_local_gpu", lambda rank: events.append(("gpu", rank)))
+    monkeypatch.setattr(distributed, "get_backend",
+                        lambda ops: events.append(("backend", ops)) or NumpyOps())
+    no_launcher.setenv("PMI_SIZE", "2")
+    no_launcher.setenv("PMI_RANK", "1")
+    no_launcher.setenv("MPI_LOCALRANKID", "1")
+    with pytest.raises(InputError, match="started 2 processes"):
+        connect("mpi", "auto")
+    assert events[:2] == [("gpu", 1), ("backend", "auto")]
+
+
 def test_mpi_communicator_in_one_process(no_launcher):
     MPI = mpi_or_skip()
     comm = MPICommunicator("numpy", MPI.COMM_SELF)

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 1-8192 on the GPU, 16,64,256,1024 on the CPU, plus each "
                              "configuration's own batch)")
     parser.add_argument("--quick", action="store_true",
-                        help="short sweep and repeats (a few minutes on a 2-core CPU)")
+                        help="fewer repeats, and on the CPU each configuration's own batch "
+                             "only (a short sweep on the GPU); under a minute on a 2-core CPU")
     parser.add_argument("--repeats", type=positive_int, default=None, metavar="N",
                         help="timed repeats per measurement (default 5, 3 with --quick)")
     peers = parser.add_mutually_exclusive_group()

@@ -142,7 +142,9 @@ def _fail(message: str, status: int, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     try:
-        print(f"{PROG}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        # one write, so that ranks of a distributed run do not interleave within a line
+        sys.stderr.write(f"{PROG}: error: {one_line(message)}\n")
+        sys.stderr.flush()
     except (BrokenPipeError, ValueError):  # pragma: no cover
         pass
     return status

@@ -204,12 +204,11 @@ def _output_paths(args: argparse.Namespace, data: dict[str, str | None]) -> dict
 
 
 def _connect(engine: str, backend: str) -> Any:
-    """The communicator of the ranks mpiexec started (--distributed)."""
-    import gpunn
-
+    """The communicator of the ranks mpiexec started (--distributed); it chooses the backend
+    named by ``backend`` once it has selected this rank's GPU."""
     from .. import distributed
 
-    return distributed.connect(engine, gpunn.get_backend(backend))
+    return distributed.connect(engine, backend)
 
 
 def _train(args: argparse.Namespace, comm: Any, paths: dict[str, Path | None]) -> int:
