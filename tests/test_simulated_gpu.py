@@ -43,9 +43,15 @@ def test_gpunns_products_follow_the_tf32_setting_and_the_dtype(simulated):
         for tf32 in (False, True):
             with ops.tf32_scope(tf32):
                 ops.matmul(a, a, out=simulated_cupy.empty((3, 3), dtype=dtype))
+    linalg = simulated_cupy._routines_linalg
+    for dtype in ("float32", "float64"):
+        simulated_cupy._core.set_compute_type(dtype, linalg.COMPUTE_TYPE_PEDANTIC)
+        a = simulated_cupy.ones((3, 3), dtype=dtype)
+        ops.matmul(a, a, out=simulated_cupy.empty((3, 3), dtype=dtype))
     assert simulated.gemm_compute_types == [
         cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_COMPUTE_32F_FAST_TF32,
         cublas.CUBLAS_COMPUTE_64F, cublas.CUBLAS_COMPUTE_64F,
+        cublas.CUBLAS_COMPUTE_32F_PEDANTIC, cublas.CUBLAS_COMPUTE_64F_PEDANTIC,
     ]
 
 
@@ -55,6 +61,10 @@ def test_a_layout_one_cublas_call_cannot_take_is_left_to_cupy(simulated):
     out = ops.matmul(a, simulated_cupy.ones((3, 2), dtype="float32"),
                      out=simulated_cupy.empty((4, 2), dtype="float32"))
     assert out.get().tolist() == [[3.0, 3.0]] * 4
+    # an output that overlaps an operand: cuBLAS would read what it has written
+    square = simulated_cupy.asarray(numpy.arange(4.0, dtype=numpy.float32).reshape(2, 2))
+    ops.matmul(square, square, out=square)
+    assert square.get().tolist() == [[2.0, 3.0], [6.0, 11.0]]
     assert simulated.gemm_compute_types == []
 
 

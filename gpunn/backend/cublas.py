@@ -5,9 +5,9 @@ CuPy refuses every cuBLAS call while a stream captures: ``cupy.matmul`` reaches 
 CuPy's ``cublas.setStream``, which raises ``NotImplementedError('calling cuBLAS API during
 stream capture is currently unsupported')`` (CuPy 13 and 14). cuBLAS itself can be captured
 (PyTorch records its products this way), so the CuPy backend calls it directly: one handle per
-device and a workspace per stream that it runs on, given to the handle outside any capture
-so that cuBLAS allocates nothing while captured, and ``cublasGemmEx`` called through ctypes
-with the arrays' device pointers. This module holds what does not need CuPy: the layout
+device and thread with a workspace of its own, given to the handle outside any capture so
+that cuBLAS allocates nothing while captured, and ``cublasGemmEx`` called through ctypes with
+the arrays' device pointers. This module holds what does not need CuPy: the layout
 arithmetic (:func:`gemm_plan`, tested on the CPU against a host model of cuBLAS's GEMM in
 ``tests/host_blas.py``) and the ctypes binding (:class:`Cublas`); :mod:`gpunn.backend.cuda`
 finds the library CuPy loaded and makes the handle.
@@ -33,11 +33,15 @@ import numpy
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUDA_DATA_TYPES = {numpy.dtype(numpy.float32): 0, numpy.dtype(numpy.float64): 1}  # CUDA_R_32F/64F
 CUBLAS_COMPUTE_32F = 68
+CUBLAS_COMPUTE_32F_PEDANTIC = 69
+CUBLAS_COMPUTE_32F_FAST_16F = 74
+CUBLAS_COMPUTE_32F_FAST_16BF = 75
 CUBLAS_COMPUTE_32F_FAST_TF32 = 77
 CUBLAS_COMPUTE_64F = 70
+CUBLAS_COMPUTE_64F_PEDANTIC = 71
 CUBLAS_GEMM_DEFAULT = -1
 CUBLAS_STATUS_ALLOC_FAILED = 3
-#: bytes of workspace a handle gets per stream: what NVIDIA recommends for Hopper GPUs
+#: bytes of workspace a handle gets: what NVIDIA recommends for Hopper GPUs (4 MiB before)
 WORKSPACE_BYTES = 32 * 2**20
 _INT_MAX = 2**31 - 1
 
@@ -124,16 +128,20 @@ def gemm_plan(a: Any, b: Any, out: Any) -> GemmPlan | None:
 class Cublas:
     """One cuBLAS handle on the current device, called through ctypes.
 
-    ``library`` is libcublas (a ``ctypes.CDLL``); ``workspace(stream_ptr)`` returns
-    ``(pointer, bytes)`` of device memory that the handle may use on that stream, kept alive
-    by the caller. :meth:`gemm` binds the handle to a stream (and its workspace) only when the
-    stream changes, so a captured step, whose warm-up ran on the same stream, makes no
-    binding call while captured.
+    ``library`` is libcublas (a ``ctypes.CDLL``); ``workspace`` is ``(pointer, bytes)`` of
+    device memory the handle uses on every stream, owned by ``keep`` (kept alive with the
+    handle: recorded steps hold its address). One workspace
+    serves all streams because gpunn orders its streams (the backend's stream waits for the
+    caller's before its work and the caller's for it after): two products of one handle never
+    run at the same time. :meth:`gemm` binds the handle to a stream only when the stream
+    changes, so a captured step, whose warm-up ran on the same stream, usually makes no
+    binding call while captured (one would be harmless: it changes only the handle).
     """
 
-    def __init__(self, library: Any, workspace: Any) -> None:
+    def __init__(self, library: Any, workspace: tuple[int, int], keep: Any = None) -> None:
         self.library = library
         self.workspace = workspace
+        self.keep = keep
         _declare(library)
         handle = ctypes.c_void_p()
         _check("cublasCreate_v2", library.cublasCreate_v2(ctypes.byref(handle)))
@@ -145,13 +153,13 @@ class Cublas:
         }
 
     def bind(self, stream_ptr: int) -> None:
-        """Run the handle's work on the stream at ``stream_ptr``, with that stream's workspace
+        """Run the handle's work on the stream at ``stream_ptr``, with the workspace
         (cublasSetStream resets the workspace, so it is set after)."""
         if stream_ptr == self.stream:
             return
         _check("cublasSetStream_v2",
                self.library.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)))
-        pointer, nbytes = self.workspace(stream_ptr)
+        pointer, nbytes = self.workspace
         _check("cublasSetWorkspace_v2",
                self.library.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(pointer),
                                                   ctypes.c_size_t(nbytes)))

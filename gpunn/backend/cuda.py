@@ -24,8 +24,12 @@ import numpy
 from ..errors import describe
 from .cublas import (
     CUBLAS_COMPUTE_32F,
+    CUBLAS_COMPUTE_32F_FAST_16BF,
+    CUBLAS_COMPUTE_32F_FAST_16F,
     CUBLAS_COMPUTE_32F_FAST_TF32,
+    CUBLAS_COMPUTE_32F_PEDANTIC,
     CUBLAS_COMPUTE_64F,
+    CUBLAS_COMPUTE_64F_PEDANTIC,
     WORKSPACE_BYTES,
     Cublas,
     GemmPlan,
@@ -177,15 +181,14 @@ Gemm = Callable[[GemmPlan, Any, Any, Any], None]
 def own_cublas_gemm() -> Gemm:
     """``gemm(plan, a, b, out)``: out = a @ b by a :class:`~gpunn.backend.cublas.GemmPlan`,
     queued on the current stream through gpunn's own cuBLAS handle for the current device and
-    thread (made on the first call for them; that call must not be inside a capture). Its float32
-    products follow CuPy's compute type, so ``tf32_scope`` and ``CUPY_TF32`` apply to them
-    too. Raises OSError or :class:`~gpunn.backend.cublas.CublasError` when the handle cannot
+    thread (made on the first call for them, which must not be inside a capture). Its products
+    compute as CuPy's would (:func:`gemm_compute_type`: ``tf32_scope`` and ``CUPY_TF32``
+    apply). Raises OSError or :class:`~gpunn.backend.cublas.CublasError` when the handle cannot
     be made."""
-    device = cupy.cuda.runtime.getDevice()
-    _cublas_handle(device, threading.get_ident())  # fails here, not in a step, if it cannot
+    _cublas_handle(cupy.cuda.runtime.getDevice(), threading.get_ident())  # fails here if at all
 
     def gemm(plan: GemmPlan, a: Any, b: Any, out: Any) -> None:
-        blas = _cublas_handle(device, threading.get_ident())
+        blas = _cublas_handle(cupy.cuda.runtime.getDevice(), threading.get_ident())
         blas.gemm(plan, a.data.ptr, b.data.ptr, out.data.ptr, a.dtype,
                   gemm_compute_type(a.dtype), cupy.cuda.get_current_stream().ptr)
 
@@ -193,44 +196,47 @@ def own_cublas_gemm() -> Gemm:
 
 
 def gemm_compute_type(dtype: Any) -> int:
-    """The cublasComputeType_t of a product in ``dtype`` now: float64 in float64; float32 on
-    TF32 where CuPy's float32 compute type says so (:func:`tf32_in_use`), else in float32."""
+    """The cublasComputeType_t that CuPy would use for a product in ``dtype`` now, from its
+    compute type for that dtype (float32: TF32, pedantic, or down-converted to float16 or
+    bfloat16 where CuPy is set so; otherwise plain float32 or float64)."""
+    from cupy._core import _routines_linalg as linalg
+
+    setting = cupy._core.get_compute_type(dtype)
     if numpy.dtype(dtype) == numpy.float64:
-        return CUBLAS_COMPUTE_64F
-    return CUBLAS_COMPUTE_32F_FAST_TF32 if tf32_in_use() else CUBLAS_COMPUTE_32F
+        pedantic = setting == linalg.COMPUTE_TYPE_PEDANTIC
+        return CUBLAS_COMPUTE_64F_PEDANTIC if pedantic else CUBLAS_COMPUTE_64F
+    return {
+        linalg.COMPUTE_TYPE_TF32: CUBLAS_COMPUTE_32F_FAST_TF32,
+        linalg.COMPUTE_TYPE_PEDANTIC: CUBLAS_COMPUTE_32F_PEDANTIC,
+        linalg.COMPUTE_TYPE_FP16: CUBLAS_COMPUTE_32F_FAST_16F,
+        linalg.COMPUTE_TYPE_BF16: CUBLAS_COMPUTE_32F_FAST_16BF,
+    }.get(setting, CUBLAS_COMPUTE_32F)
 
 
 @functools.cache
 def _cublas_handle(device: int, thread: int) -> Cublas:  # pragma: no cover - needs a GPU
     """The handle of ``device`` for one thread (a handle must not serve two threads at once),
-    with a workspace per stream it runs on."""
+    and its workspace, both kept for the life of the process."""
     library = _cublas_library()
-    workspaces: dict[int, Any] = {}
-
-    def workspace(stream_ptr: int) -> tuple[int, int]:
-        block = workspaces.get(stream_ptr)
-        if block is None:
-            with cupy.cuda.Device(device):
-                block = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
-            workspaces[stream_ptr] = block
-        return block.data.ptr, block.nbytes
-
     with cupy.cuda.Device(device):  # a handle belongs to the device current when it is made
-        return Cublas(library, workspace)
+        block = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+        return Cublas(library, (block.data.ptr, block.nbytes), keep=block)
 
 
 def _cublas_library() -> Any:  # pragma: no cover - needs a GPU
     """libcublas, the very library CuPy loaded (found in the process's memory map), else the
     one the loader finds for CuPy's CUDA version."""
     cupy.cuda.device.get_cublas_handle()  # CuPy loads cuBLAS when it first needs it
-    candidates = []
+    soname = f"libcublas.so.{cupy.cuda.runtime.runtimeGetVersion() // 1000}"
+    mapped: set[str] = set()
     try:
         with open("/proc/self/maps") as maps:
-            candidates += sorted({line.split()[-1] for line in maps if "/libcublas.so" in line})
+            mapped = {line.split()[-1] for line in maps if "/libcublas.so" in line}
     except OSError:
         pass
-    candidates += [f"libcublas.so.{cupy.cuda.runtime.runtimeGetVersion() // 1000}",
-                   "libcublas.so"]
+    # another package may have mapped a libcublas of another CUDA too: CuPy's version first
+    candidates = sorted(mapped, key=lambda path: (soname not in path, path))
+    candidates += [soname, "libcublas.so"]
     problems = []
     for name in candidates:
         try:

@@ -416,9 +416,12 @@ class CupyOps(Ops):
     def matmul(self, a: Array, b: Array, out: Array) -> Array:
         """out = a @ b through gpunn's own cuBLAS handle, which a recorded step may contain
         (CuPy refuses cuBLAS calls while a stream captures: see :mod:`gpunn.backend.cublas`);
-        through ``cupy.matmul`` where one cuBLAS call cannot take the layout, or where the
-        handle cannot be made (then steps are not recorded: a capture fails, and says why)."""
+        through ``cupy.matmul`` where one cuBLAS call cannot take the layout, where ``out``
+        overlaps an operand, or where the handle cannot be made (then steps are not
+        recorded: a capture fails, and says why)."""
         plan = gemm_plan(a, b, out)
+        if plan is not None and (cupy.may_share_memory(out, a) or cupy.may_share_memory(out, b)):
+            plan = None  # cuBLAS would read what it has already written: CuPy copies first
         gemm = self._gemm() if plan is not None else None
         if gemm is None:
             return cupy.matmul(a, b, out=out)
