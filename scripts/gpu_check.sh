@@ -2,10 +2,11 @@
 # One command for a GPU machine (NVIDIA GPU, CuPy installed, no network needed):
 #   scripts/gpu_check.sh OUTDIR
 # Runs from anywhere, on the repository it lives in (put on PYTHONPATH). Writes into OUTDIR
-# at most these 8 files:
+# at most these 9 files:
 #   summary.txt (nvidia-smi, each part's status, the README's benchmark tables, the speed
-#   goals met or missed), info.txt, tests-gpu.log, bench-<gpu>-<date>.{json,png,log},
-#   benchmarks-smoke.log, tests-all.log.
+#   goals met or missed), info.txt, graphs.txt (whether training steps are recorded as CUDA
+#   graphs), tests-gpu.log, bench-<gpu>-<date>.{json,png,log}, benchmarks-smoke.log,
+#   tests-all.log.
 # The parts run in that order, the most telling first: the GPU tests, then the benchmark with
 # its tables and goals, then the smoke run of the benchmark suite and the whole test suite.
 # Each part is time-boxed, and the script ends within 9 minutes, with whatever the parts
@@ -69,6 +70,18 @@ done
 # 1. machine information (also proves gpunn imports and sees the GPU)
 run info 60 "$OUT/info.txt" "$PY" -c \
     'from gpunn.bench import machine_info, format_machine_info; print(format_machine_info(machine_info()))'
+
+# 1b. a few training steps: are they recorded as CUDA graphs (the speed depends on it)?
+run graphs 60 "$OUT/graphs.txt" "$PY" -c '
+import numpy, gpunn
+from gpunn.backend.cupy_ops import CupyOps
+ops = CupyOps()
+net = gpunn.Network([12, 16, 3], activation="relu", output="softmax", loss="cross_entropy",
+                    backend=ops)
+X, y = numpy.random.default_rng(0).random((64, 12)), numpy.arange(64) % 3
+net.fit(X, y, epochs=2, batch_size=8, progress=False)
+print(f"steps recorded as CUDA graphs: {ops.recorded_steps} (expected: 1 or more); "
+      f"problem with gpunn own cuBLAS handle: {ops.cublas_problem}")'
 
 # 2. the GPU tests (the rest of the suite runs on every CI machine: it comes last)
 run tests-gpu 150 "$OUT/tests-gpu.log" "$PY" -m pytest -rs -m gpu tests -q -p no:cacheprovider
