@@ -227,7 +227,8 @@ def _cublas_library() -> Any:  # pragma: no cover - needs a GPU
     """libcublas, the very library CuPy loaded (found in the process's memory map), else the
     one the loader finds for CuPy's CUDA version."""
     cupy.cuda.device.get_cublas_handle()  # CuPy loads cuBLAS when it first needs it
-    soname = f"libcublas.so.{cupy.cuda.runtime.runtimeGetVersion() // 1000}"
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    soname = f"libcublas.so.{major}"
     mapped: set[str] = set()
     try:
         with open("/proc/self/maps") as maps:
@@ -236,7 +237,7 @@ def _cublas_library() -> Any:  # pragma: no cover - needs a GPU
         pass
     # another package may have mapped a libcublas of another CUDA too: CuPy's version first
     candidates = sorted(mapped, key=lambda path: (soname not in path, path))
-    candidates += [soname, "libcublas.so"]
+    candidates += [soname, "libcublas.so", f"cublas64_{major}.dll"]  # the last on Windows
     problems = []
     for name in candidates:
         try:
