@@ -560,3 +560,21 @@ def test_predict_bad_input_files_are_one_line_data_errors(four_inputs, tmp_path,
     assert len(err) == 1 and "unexpected" not in err[0], err
     for fragment in fragments:
         assert fragment in err[0]
+
+
+def test_the_command_line_reference_is_up_to_date() -> None:
+    """docs/cli.md is generated from the parser: a flag added or changed without running
+    scripts/cli_reference.py fails here."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cli_reference.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    page = (script.parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    parser = cli.build_parser("bench")
+    commands = next(a for a in parser._actions if a.dest == "command")
+    for name, sub in commands.choices.items():
+        assert f"## gpunn {name}" in page
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}" in page, (name, flag)

@@ -95,9 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--loss", choices=LOSSES, help=f"cost function [{d['loss']}]")
     model.add_argument("--init", choices=INITS,
                        help="initial weights [he with relu, else normal: the article's]")
-    model.add_argument("--dtype", choices=FLOAT_DTYPES, help=f"[{d['dtype']}]")
+    model.add_argument("--dtype", choices=FLOAT_DTYPES,
+                       help=f"floating-point type of the weights and data [{d['dtype']}]")
     train = p.add_argument_group("training")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, help=f"[{d['optimizer']}]")
+    train.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help=f"update rule; sgd is the article's [{d['optimizer']}]")
     train.add_argument("--lr", type=positive_float, metavar="ETA",
                        help="learning rate η [0.1; adam 0.001]")
     train.add_argument("--momentum", type=non_negative_float, metavar="MU",
