@@ -1023,6 +1023,8 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
     and the file is read as decimals.
     """
     lines = [line for _, line in source.rows]
+    if '"' in lines[0]:  # NumPy takes a quote only at a cell's start: drop spaces before it
+        lines = [_drop_space_before_quotes(line) for line in lines]
     for dtype in (np.int32, np.float64):
         try:
             table = np.loadtxt(lines, delimiter=source.delimiter, quotechar='"', dtype=dtype,
@@ -1048,6 +1050,15 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
                 raise DataError(f"{source.where} line {number}, {problem}")
             table[i, j] = value
     return table
+
+
+def _drop_space_before_quotes(line: str) -> str:
+    """``1, "2"`` as ``1,"2"``: spaces before a quote are not part of a number (one that
+    closes a quoted number, ``"2 "``, goes too)."""
+    for space in (' "', '\t"'):
+        while space in line:
+            line = line.replace(space, '"')
+    return line
 
 
 def _csv_features(table: np.ndarray) -> np.ndarray:

@@ -738,7 +738,8 @@ def test_csv_byte_order_mark_and_encoding(tmp_path: Path) -> None:
         "a;b;label\n1;2;0\n3;4;1\n",
         "a\tb\tlabel\n1\t2\t0\n3\t4\t1\n",
         "# made by hand\na,b,label\n1,2,0\n\n# the second sample\n3,4,1\n",  # comments
-        'a, b, label\n1, "2", 0\n3, 4, 1\n',  # spaces after commas: read in Python, not NumPy
+        'a, b, label\n1, "2", 0\n3, 4, 1\n',  # spaces after commas, before a quote
+        'a,b,label\n\t"1",  "2 " , 0\n3,4,1\n',  # tabs and spaces around quoted numbers
     ],
 )
 def test_csv_dialects_are_read_alike_for_training_and_prediction(
