@@ -38,6 +38,7 @@ import gzip
 import io
 import math
 import os
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -563,6 +564,10 @@ def load_dataset(
 
     if len(train_idx) == 0:
         raise DataError(f"{name}: the split leaves no training data; lower the fractions")
+    # scaled in the precision trained in at least (8-bit images and small integers come as
+    # float32, exact, but a float64 network gets them scaled in float64)
+    work = np.result_type(X_pool.dtype, dt)
+    X_pool, X_test = X_pool.astype(work, copy=False), X_test.astype(work, copy=False)
     X_train, y_train = X_pool[train_idx], y_pool[train_idx]
     X_val, y_val = X_pool[val_idx], y_pool[val_idx]
     n_classes = _count_classes(np.concatenate([y_pool, y_test]), name)
@@ -1019,21 +1024,18 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
 
     Cells are read as integers first: NumPy parses them about seven times faster than
     decimals, and most such files (pixels and labels) hold nothing else. The first cell that is
-    not an int32 (a decimal, an exponent, ``nan``, a larger number) stops that attempt at once,
-    and the file is read as decimals.
+    not an int32 (a decimal, an exponent, ``nan``, a larger number) ends that attempt, and the
+    file is read as decimals.
     """
     lines = [line for _, line in source.rows]
     if '"' in lines[0]:  # NumPy takes a quote only at a cell's start: drop spaces before it
-        lines = [_drop_space_before_quotes(line) for line in lines]
+        lines = [_drop_space_before_quotes(line, source.delimiter) for line in lines]
     for dtype in (np.int32, np.float64):
-        try:
-            table = np.loadtxt(lines, delimiter=source.delimiter, quotechar='"', dtype=dtype,
-                               ndmin=2, comments=None)
-        except ValueError:
-            continue
-        if table.shape[1] == source.n_cols:
+        table = _numpy_table(lines, source.delimiter, dtype)
+        if table is not None and table.shape[1] == source.n_cols:
             return table
-        break
+        if table is not None:
+            break
     # NumPy's fast parser failed: read the rows in Python, to name the cell that is wrong.
     table = np.empty((len(source.rows), source.n_cols))
     for i, (number, line) in enumerate(source.rows):
@@ -1052,10 +1054,27 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
     return table
 
 
-def _drop_space_before_quotes(line: str) -> str:
+def _numpy_table(lines: list[str], delimiter: str, dtype: Any) -> np.ndarray | None:
+    """The rows parsed by NumPy's fast reader as ``dtype``, or None where it cannot.
+
+    NumPy before 2.3 reads a decimal or an overflowing number into an integer type with only
+    a DeprecationWarning (truncated, or wrapped around): here that counts as "cannot" too.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            return np.loadtxt(lines, delimiter=delimiter, quotechar='"', dtype=dtype, ndmin=2,
+                              comments=None)
+        except (ValueError, DeprecationWarning):
+            return None
+
+
+def _drop_space_before_quotes(line: str, delimiter: str) -> str:
     """``1, "2"`` as ``1,"2"``: spaces before a quote are not part of a number (one that
-    closes a quoted number, ``"2 "``, goes too)."""
+    closes a quoted number, ``"2 "``, goes too); a tab that separates cells stays."""
     for space in (' "', '\t"'):
+        if space[0] == delimiter:
+            continue
         while space in line:
             line = line.replace(space, '"')
     return line

@@ -36,6 +36,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .backend import ENV_VAR as BACKEND_ENV_VAR
 from .backend import Array, Ops, get_backend
 from .backend import cuda as _cuda
 from .errors import BackendUnavailableError, InputError
@@ -302,7 +303,7 @@ def connect(engine: str = "auto", ops: Ops | str | None = None) -> Communicator:
     if engine == "none":
         return SingleProcess()
     world = launcher_world()
-    if world is not None and not isinstance(ops, Ops):
+    if world is not None and _may_choose_the_gpu(ops):
         _select_launcher_gpu(world[3])
     ops = get_backend(ops)
     if engine == "auto":
@@ -429,6 +430,17 @@ def _local_rank(MPI: Any, mpi_comm: Any) -> int:
         return host.Get_rank()
     finally:
         host.Free()
+
+
+def _may_choose_the_gpu(ops: Ops | str | None) -> bool:
+    """Whether choosing the backend ``ops`` names may pick CuPy: "cupy", or "auto" (or None)
+    unless GPUNN_BACKEND says numpy. A backend already made has chosen its device."""
+    if isinstance(ops, Ops):
+        return False
+    name = (ops or "auto").strip().lower() if isinstance(ops, str) or ops is None else ""
+    if name == "auto":
+        name = os.environ.get(BACKEND_ENV_VAR, "").strip().lower() or "auto"
+    return name in ("cupy", "auto")
 
 
 def _select_launcher_gpu(local_rank: int) -> None:

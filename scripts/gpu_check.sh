@@ -81,7 +81,7 @@ net = gpunn.Network([12, 16, 3], activation="relu", output="softmax", loss="cros
 X, y = numpy.random.default_rng(0).random((64, 12)), numpy.arange(64) % 3
 net.fit(X, y, epochs=2, batch_size=8, progress=False)
 print(f"steps recorded as CUDA graphs: {ops.recorded_steps} (expected: 1 or more); "
-      f"problem with gpunn own cuBLAS handle: {ops.cublas_problem}")'
+      f"problem with gpunn\x27s own cuBLAS handle: {ops.cublas_problem}")'
 
 # 2. the GPU tests (the rest of the suite runs on every CI machine: it comes last)
 run tests-gpu 150 "$OUT/tests-gpu.log" "$PY" -m pytest -rs -m gpu tests -q -p no:cacheprovider

@@ -740,6 +740,7 @@ def test_csv_byte_order_mark_and_encoding(tmp_path: Path) -> None:
         "# made by hand\na,b,label\n1,2,0\n\n# the second sample\n3,4,1\n",  # comments
         'a, b, label\n1, "2", 0\n3, 4, 1\n',  # spaces after commas, before a quote
         'a,b,label\n\t"1",  "2 " , 0\n3,4,1\n',  # tabs and spaces around quoted numbers
+        'a\tb\tlabel\n"1"\t"2"\t0\n3\t4\t1\n',  # tab-separated, quoted
     ],
 )
 def test_csv_dialects_are_read_alike_for_training_and_prediction(
@@ -773,6 +774,45 @@ def test_csv_of_integers_is_read_as_integers_and_exact(
     features = load_features(p)
     assert features.dtype == dtype
     assert features.astype(np.float64).tolist() == expected.tolist()
+
+
+def test_csv_of_integers_trains_a_float64_network_on_float64_scaling(tmp_path: Path) -> None:
+    """Integers come as float32, exactly; a float64 network must still get them scaled in
+    float64, as the same values from a float64 array are."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (60, 5)).astype(np.float64)
+    y = np.arange(60) % 3
+    csv_path = write_text(tmp_path / "d.csv", "a,b,c,d,e,label\n" + "".join(
+        ",".join(str(int(v)) for v in row) + f",{label}\n" for row, label in zip(X, y,
+                                                                                strict=True)))
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    from_csv = load_dataset(csv_path, dtype="float64")
+    from_npz = load_dataset(tmp_path / "d.npz", dtype="float64")
+    for part in ("X_train", "X_val", "X_test"):
+        assert getattr(from_csv, part).dtype == np.float64
+        assert getattr(from_csv, part).tolist() == getattr(from_npz, part).tolist()
+
+
+def test_csv_decimals_stay_decimals_where_numpy_reads_them_into_integers(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """NumPy before 2.3 reads "0.5" into int32 as 0, with only a DeprecationWarning: that
+    must end the integer attempt, not truncate the data."""
+    loadtxt = np.loadtxt
+
+    def old_numpy_loadtxt(lines, *args, dtype=float, **kwargs):
+        if np.dtype(dtype).kind == "i":
+            import warnings
+
+            warnings.warn("loadtxt(): Parsing an integer via a float is deprecated",
+                          DeprecationWarning, stacklevel=2)
+            return loadtxt(lines, *args, dtype=np.float64, **kwargs).astype(dtype)
+        return loadtxt(lines, *args, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(gpunn_data.np, "loadtxt", old_numpy_loadtxt)
+    p = write_text(tmp_path / "d.csv", "a,b,label\n0.5,1.7,0\n2,3,1\n")
+    X, y = load_arrays(p)
+    assert X.tolist() == [[0.5, 1.7], [2, 3]] and y.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize(

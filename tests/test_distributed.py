@@ -370,6 +370,14 @@ def test_connect_selects_the_launchers_gpu_before_choosing_the_backend(no_launch
     with pytest.raises(InputError, match="started 2 processes"):
         connect("mpi", "auto")
     assert events[:2] == [("gpu", 1), ("backend", "auto")]
+    # a CPU run never touches a GPU: making it current would make a CUDA context there
+    for backend, environment in (("numpy", ""), ("auto", "numpy"), (None, "numpy")):
+        events.clear()
+        no_launcher.setenv("GPUNN_BACKEND", environment)
+        with pytest.raises(InputError, match="started 2 processes"):
+            connect("mpi", backend)
+        assert events[0] == ("backend", backend)
+        assert ("gpu", 1) not in events
 
 
 def test_mpi_communicator_in_one_process(no_launcher):

@@ -44,14 +44,17 @@ def test_gpunns_products_follow_the_tf32_setting_and_the_dtype(simulated):
             with ops.tf32_scope(tf32):
                 ops.matmul(a, a, out=simulated_cupy.empty((3, 3), dtype=dtype))
     linalg = simulated_cupy._routines_linalg
-    for dtype in ("float32", "float64"):
-        simulated_cupy._core.set_compute_type(dtype, linalg.COMPUTE_TYPE_PEDANTIC)
+    for dtype, setting in (("float32", linalg.COMPUTE_TYPE_PEDANTIC),
+                           ("float64", linalg.COMPUTE_TYPE_PEDANTIC),
+                           ("float32", linalg.COMPUTE_TYPE_FP16)):  # CuPy: float32 anyway
+        simulated_cupy._core.set_compute_type(dtype, setting)
         a = simulated_cupy.ones((3, 3), dtype=dtype)
         ops.matmul(a, a, out=simulated_cupy.empty((3, 3), dtype=dtype))
     assert simulated.gemm_compute_types == [
         cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_COMPUTE_32F_FAST_TF32,
         cublas.CUBLAS_COMPUTE_64F, cublas.CUBLAS_COMPUTE_64F,
         cublas.CUBLAS_COMPUTE_32F_PEDANTIC, cublas.CUBLAS_COMPUTE_64F_PEDANTIC,
+        cublas.CUBLAS_COMPUTE_32F,
     ]
 
 
@@ -66,6 +69,42 @@ def test_a_layout_one_cublas_call_cannot_take_is_left_to_cupy(simulated):
     ops.matmul(square, square, out=square)
     assert square.get().tolist() == [[2.0, 3.0], [6.0, 11.0]]
     assert simulated.gemm_compute_types == []
+
+
+def test_without_gpunns_cublas_handle_training_is_right_and_the_warning_says_why(
+    simulated, monkeypatch
+):
+    """Where the handle cannot be made (no libcublas found, say), products fall back to
+    cupy.matmul: training is still right, steps are not recorded, and the capture warning
+    names the cause; the GPU running out of memory is not taken for such a cause."""
+    from gpunn.backend import cupy_ops as cupy_ops_module
+
+    def no_handle():
+        raise OSError("cannot load libcublas (no such file)")
+
+    monkeypatch.setattr(cupy_ops_module, "own_cublas_gemm", no_handle)
+    X, y = data(n=40)
+    reference = gpunn.Network([12, 8, 3], backend="numpy", seed=0)
+    reference.fit(X, y, epochs=2, batch_size=8, lr=0.5, shuffle=False, progress=False)
+    ops = cupy_ops()
+    net = gpunn.Network([12, 8, 3], backend=ops, seed=0)
+    with pytest.warns(RuntimeWarning, match="own cuBLAS handle is not in use: OSError: cannot "
+                      "load libcublas"):
+        net.fit(X, y, epochs=2, batch_size=8, lr=0.5, shuffle=False, progress=False)
+    assert ops.recorded_steps == 0 and "libcublas" in ops.cublas_problem
+    for (W0, b0), (W1, b1) in zip(reference.get_params(), net.get_params(), strict=True):
+        numpy.testing.assert_allclose(W1, W0, rtol=1e-5, atol=1e-6)
+        numpy.testing.assert_allclose(b1, b0, rtol=1e-5, atol=1e-6)
+
+    def out_of_memory():
+        raise simulated_cupy.cuda.memory.OutOfMemoryError(1 << 30, 0)
+
+    monkeypatch.setattr(cupy_ops_module, "own_cublas_gemm", out_of_memory)
+    ops = cupy_ops()
+    a = simulated_cupy.ones((2, 2), dtype="float32")
+    with pytest.raises(MemoryError):
+        ops.matmul(a, a, out=simulated_cupy.empty((2, 2), dtype="float32"))
+    assert ops.cublas_problem is None
 
 
 def test_a_network_too_large_for_the_gpu_says_so(simulated):

@@ -24,8 +24,6 @@ import numpy
 from ..errors import describe
 from .cublas import (
     CUBLAS_COMPUTE_32F,
-    CUBLAS_COMPUTE_32F_FAST_16BF,
-    CUBLAS_COMPUTE_32F_FAST_16F,
     CUBLAS_COMPUTE_32F_FAST_TF32,
     CUBLAS_COMPUTE_32F_PEDANTIC,
     CUBLAS_COMPUTE_64F,
@@ -196,27 +194,30 @@ def own_cublas_gemm() -> Gemm:
 
 
 def gemm_compute_type(dtype: Any) -> int:
-    """The cublasComputeType_t that CuPy would use for a product in ``dtype`` now, from its
-    compute type for that dtype (float32: TF32, pedantic, or down-converted to float16 or
-    bfloat16 where CuPy is set so; otherwise plain float32 or float64)."""
+    """The cublasComputeType_t that ``cupy.matmul`` would use for a product in ``dtype`` now:
+    TF32 or pedantic where CuPy's compute type for that dtype says so, otherwise plain float32
+    or float64 (CuPy computes float32 products in float32 under its other settings too)."""
+    setting = cupy._core.get_compute_type(dtype)
+    tf32, pedantic = _cupy_compute_types()
+    if numpy.dtype(dtype) == numpy.float64:
+        return CUBLAS_COMPUTE_64F_PEDANTIC if setting == pedantic else CUBLAS_COMPUTE_64F
+    if setting == tf32:
+        return CUBLAS_COMPUTE_32F_FAST_TF32
+    return CUBLAS_COMPUTE_32F_PEDANTIC if setting == pedantic else CUBLAS_COMPUTE_32F
+
+
+def _cupy_compute_types() -> tuple[int, int]:
+    """CuPy's values for its TF32 and pedantic compute types."""
     from cupy._core import _routines_linalg as linalg
 
-    setting = cupy._core.get_compute_type(dtype)
-    if numpy.dtype(dtype) == numpy.float64:
-        pedantic = setting == linalg.COMPUTE_TYPE_PEDANTIC
-        return CUBLAS_COMPUTE_64F_PEDANTIC if pedantic else CUBLAS_COMPUTE_64F
-    return {
-        linalg.COMPUTE_TYPE_TF32: CUBLAS_COMPUTE_32F_FAST_TF32,
-        linalg.COMPUTE_TYPE_PEDANTIC: CUBLAS_COMPUTE_32F_PEDANTIC,
-        linalg.COMPUTE_TYPE_FP16: CUBLAS_COMPUTE_32F_FAST_16F,
-        linalg.COMPUTE_TYPE_BF16: CUBLAS_COMPUTE_32F_FAST_16BF,
-    }.get(setting, CUBLAS_COMPUTE_32F)
+    return linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_PEDANTIC
 
 
 @functools.cache
 def _cublas_handle(device: int, thread: int) -> Cublas:  # pragma: no cover - needs a GPU
     """The handle of ``device`` for one thread (a handle must not serve two threads at once),
-    and its workspace, both kept for the life of the process."""
+    and its workspace: both are kept for the life of the process (recorded steps hold their
+    addresses), so each thread that trains on a GPU holds one handle and 32 MiB there."""
     library = _cublas_library()
     with cupy.cuda.Device(device):  # a handle belongs to the device current when it is made
         block = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)

@@ -54,7 +54,7 @@ class NumpyOps(Ops):
 
     # ------------------------------------------------------------------ affine map
     def affine_backward_weights(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
-        numpy.matmul(delta.T, A_prev, out=dW)
+        self.matmul(delta.T, A_prev, out=dW)
         numpy.add.reduce(delta, axis=0, out=db)
 
     # ------------------------------------------------------------------ activations

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, InputError
 from ..files import atomic_write
-from .runner import TORCH_PEERS
+from .peers import TORCH_PEERS
 
 _ORDER = {"gpunn": 0, "torch-eager": 1, "torch-compile": 2, "torch-cuda-graph": 3,
           "torch-amp": 4, "per-sample": 5}
@@ -99,7 +99,6 @@ def _minibatch_notes(rows: list[dict]) -> list[str]:
 _PEER_HEADINGS = {"torch-eager": "PyTorch eager", "torch-compile": "PyTorch compiled",
                   "torch-cuda-graph": "PyTorch CUDA graphs", "torch-amp": "PyTorch AMP float16",
                   "per-sample": "per-sample loop"}
-
 
 
 def format_markdown(results: dict) -> str:

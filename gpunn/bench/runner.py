@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..backend import available_backends, get_backend, unavailable_reason
 from ..errors import InputError, describe
 from . import contenders as C
 from .configs import BenchConfig, get_configs
+from .peers import PEERS, TORCH_PEERS
 from .sysinfo import machine_info
 from .timing import HostTimer, Measurement, measure, measure_interleaved
 
@@ -35,27 +36,8 @@ MIN_STEPS = 3  # per timed repeat (not with --quick)
 #: host bytes of synthetic X per model (the data every contender shares)
 DATA_BYTES = {"cpu": 48 * 2**20, "gpu": 192 * 2**20}
 
-#: every peer gpunn can be timed against, in the order of the tables
-PEERS = ("torch-eager", "torch-compile", "torch-cuda-graph", "torch-amp", "per-sample")
-
-
-class TorchPeer(NamedTuple):
-    """A PyTorch peer: the function of :mod:`.contenders` that makes it, whether it runs on
-    the CPU too, and whether it computes in gpunn's precision (AMP's float16 does not)."""
-
-    maker: str
-    on_cpu: bool
-    same_precision: bool
-
-
-TORCH_PEERS: dict[str, TorchPeer] = {
-    "torch-eager": TorchPeer("make_torch_eager", on_cpu=True, same_precision=True),
-    "torch-compile": TorchPeer("make_torch_compile", on_cpu=True, same_precision=True),
-    "torch-cuda-graph": TorchPeer("make_torch_cuda_graph", on_cpu=False, same_precision=True),
-    "torch-amp": TorchPeer("make_torch_amp", on_cpu=False, same_precision=False),
-}
 #: peers timed at the selected configurations' own batch sizes only, not across the sweep:
-#: compiling takes tens of seconds per model and batch size
+#: compiling takes seconds per model and batch size
 CONFIGURATIONS_ONLY = ("torch-compile",)
 #: peers that ``quick`` leaves out unless they are named
 NOT_QUICK = ("torch-compile",)

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """``gpunn predict``: write the predicted class and outputs per sample; the exit status."""
+    import numpy
+
     from ..data import load_features
     from ..validation import check_values
 
@@ -52,8 +54,8 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{n_inputs}{extra}"
         )
     scaler = stored_scaler(net)
-    if scaler is not None:
-        X = scaler.transform(X)
+    if scaler is not None:  # in the model's precision at least
+        X = scaler.transform(X.astype(numpy.result_type(X.dtype, net.dtype), copy=False))
     shown = f"{args.input} after the model's scaling" if scaler is not None else args.input
     check_values(shown, X, net.dtype, error=DataError)
     outputs = net.predict(X)
