@@ -1,6 +1,19 @@
-"""Finite differences of a network's cost: the yardstick for every gradient test."""
+"""Finite differences of a network's cost: the yardstick for every gradient test; and the
+networks those tests cover."""
 
 import numpy as np
+
+from gpunn.backend import HIDDEN_ACTIVATIONS as HIDDEN
+
+#: every (output, loss) pair a network accepts
+HEADS = (
+    ("sigmoid", "mse"),
+    ("identity", "mse"),
+    ("softmax", "mse"),
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "cross_entropy"),
+)
+__all__ = ["HEADS", "HIDDEN", "numerical_gradients"]
 
 
 def numerical_gradients(net, X, Y, eps=1e-6):

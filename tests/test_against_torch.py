@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gradcheck import HEADS, HIDDEN
 
 import gpunn
 from gpunn.optim import SGD, Adam, Momentum, Nesterov
 
 torch = pytest.importorskip("torch")
 
-HIDDEN = ("sigmoid", "relu", "tanh", "identity")
-HEADS = (  # (output, loss)
-    ("sigmoid", "mse"),
-    ("identity", "mse"),
-    ("softmax", "mse"),
-    ("softmax", "cross_entropy"),
-    ("sigmoid", "cross_entropy"),
-)
 SIZES = [6, 5, 4, 3]
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh,
                 "identity": lambda z: z}

@@ -8,20 +8,11 @@ import warnings
 
 import numpy as np
 import pytest
-from gradcheck import numerical_gradients
+from gradcheck import HEADS, HIDDEN, numerical_gradients
 
 import gpunn
 from gpunn.backend import get_backend
 from gpunn.errors import DivergenceError, NumericalError
-
-HIDDEN = ("sigmoid", "relu", "tanh", "identity")
-HEADS = (  # (output, loss)
-    ("sigmoid", "mse"),
-    ("identity", "mse"),
-    ("softmax", "mse"),
-    ("softmax", "cross_entropy"),
-    ("sigmoid", "cross_entropy"),
-)
 
 
 def relative_error(analytic, numeric):
