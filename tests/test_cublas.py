@@ -6,6 +6,9 @@ On a GPU, ``tests/test_gpu.py`` compares the real products with CuPy's."""
 from __future__ import annotations
 
 import ctypes
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import host_blas
@@ -163,3 +166,66 @@ def test_a_failed_call_raises_with_its_status_and_out_of_memory_is_recognised() 
         blas.gemm(gemm_plan(a, a, np.empty((2, 2))), 1, 2, 3, np.float64,
                   cublas.CUBLAS_COMPUTE_64F, 0)
     assert info.value.status == cublas.CUBLAS_STATUS_ALLOC_FAILED
+
+
+# A stand-in for libcublas in C, with cuBLAS's own prototypes: what arrives at the C side is
+# what a real libcublas would receive, argument by argument (ctypes conversions included).
+_STUB = r"""
+#include <stddef.h>
+#include <stdint.h>
+typedef struct { int op_a, op_b, m, n, k, lda, ldb, ldc, a_type, b_type, c_type, compute, algo;
+                 float alpha, beta; uintptr_t A, B, C, handle, stream, workspace;
+                 size_t workspace_bytes; int calls; } record_t;
+static record_t record;
+record_t *gpunn_stub_record(void) { return &record; }
+int cublasCreate_v2(void **handle) { *handle = (void *)0x1234; return 0; }
+int cublasSetStream_v2(void *handle, void *stream) {
+    record.handle = (uintptr_t)handle; record.stream = (uintptr_t)stream; return 0; }
+int cublasSetWorkspace_v2(void *handle, void *workspace, size_t bytes) {
+    record.workspace = (uintptr_t)workspace; record.workspace_bytes = bytes; return 0; }
+int cublasGemmEx(void *handle, int op_a, int op_b, int m, int n, int k, const void *alpha,
+                 const void *A, int a_type, int lda, const void *B, int b_type, int ldb,
+                 const void *beta, void *C, int c_type, int ldc, int compute, int algo) {
+    record.op_a = op_a; record.op_b = op_b; record.m = m; record.n = n; record.k = k;
+    record.lda = lda; record.ldb = ldb; record.ldc = ldc; record.a_type = a_type;
+    record.b_type = b_type; record.c_type = c_type; record.compute = compute; record.algo = algo;
+    record.alpha = *(const float *)alpha; record.beta = *(const float *)beta;
+    record.A = (uintptr_t)A; record.B = (uintptr_t)B; record.C = (uintptr_t)C;
+    record.calls += 1; return 0; }
+"""
+
+
+class _Record(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "op_a", "op_b", "m", "n", "k", "lda", "ldb", "ldc", "a_type", "b_type", "c_type",
+        "compute", "algo")] + [("alpha", ctypes.c_float), ("beta", ctypes.c_float)] + [
+        (name, ctypes.c_size_t) for name in ("A", "B", "C", "handle", "stream", "workspace",
+                                              "workspace_bytes")] + [("calls", ctypes.c_int)]
+
+
+def test_the_binding_passes_cublas_its_arguments_through_c(tmp_path: Path) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler (cc) to build the stand-in for libcublas")
+    (tmp_path / "stub.c").write_text(_STUB)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / "stub.so"),
+                    str(tmp_path / "stub.c")], check=True, capture_output=True)
+    library = ctypes.CDLL(str(tmp_path / "stub.so"))
+    library.gpunn_stub_record.restype = ctypes.POINTER(_Record)
+    big = 2**40 + 8  # device pointers past 32 bits must arrive whole
+    blas = Cublas(library, (big + 4096, 32 * 2**20))
+    a, b, out = np.ones((9, 5), np.float32), np.ones((5, 8), np.float32).T.copy().T, np.empty(
+        (9, 8), np.float32)
+    plan = gemm_plan(a, b, out)
+    blas.gemm(plan, big + 1, big + 2, big + 3, np.float32, cublas.CUBLAS_COMPUTE_32F_FAST_TF32,
+              big + 5)
+    got = library.gpunn_stub_record().contents
+    assert (got.op_a, got.op_b, got.m, got.n, got.k, got.lda, got.ldb, got.ldc) == (
+        plan.op_a, plan.op_b, plan.m, plan.n, plan.k, plan.lda, plan.ldb, plan.ldc)
+    assert (got.A, got.B, got.C) == (big + 2, big + 1, big + 3)  # A is b, B is a
+    assert (got.a_type, got.b_type, got.c_type) == (0, 0, 0)
+    assert (got.compute, got.algo) == (cublas.CUBLAS_COMPUTE_32F_FAST_TF32, -1)
+    assert (got.alpha, got.beta) == (1.0, 0.0)
+    assert (got.handle, got.stream) == (0x1234, big + 5)
+    assert (got.workspace, got.workspace_bytes) == (big + 4096, 32 * 2**20)
+    assert got.calls == 1
