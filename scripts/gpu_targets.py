@@ -88,6 +88,21 @@ def amp_speedups(results: dict) -> str:
     return ", ".join(parts)
 
 
+def replayed_shares(results: dict) -> str:
+    """The share of gpunn's timed GPU steps that ran as recorded CUDA graphs, per goal
+    configuration, e.g. "mlp-b32 100%, wide-b8192 100%": far below 100% means the figures
+    above were measured on steps launched kernel by kernel (the bench log says why)."""
+    goals = {goal.config for goal in GOALS}
+    parts = []
+    for r in results.get("rows", []):
+        info = r.get("info") or {}
+        total = info.get("replayed_steps", 0) + info.get("eager_steps", 0)
+        if (r.get("backend") == "cupy" and r.get("contender") == "gpunn"
+                and r.get("config") in goals and total):
+            parts.append(f"{r['config']} {100 * info['replayed_steps'] / total:.0f}%")
+    return ", ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", help="a JSON file written by gpunn bench --json")
@@ -106,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for goal, value, verdict in verdicts:
         shown = "-" if value is None else f"{value:.2f}"
         print(f"  {goal.describe():<50} {shown:>8}  {verdict}")
+    replayed = replayed_shares(results)
+    if replayed:
+        print("  gpunn's timed steps replayed as CUDA graphs: " + replayed)
     ceilings = ceiling_ratios(results)
     if ceilings:
         print("  GEMM ceilings on the GPU, relative to float32: " + ceilings)

@@ -673,3 +673,20 @@ def test_peers_get_gpunns_precision_under_tf32(simulated, monkeypatch) -> None:
     names = ["torch-gemm", "torch-eager", "torch-cuda-graph", "torch-amp"]
     assert asked == [(n, True) for n in names] + [(n, False) for n in names]
     assert on["settings"]["tf32"] is True and off["settings"]["tf32"] is False
+
+
+def test_gpunn_rows_on_the_gpu_say_how_their_steps_ran(simulated) -> None:
+    """Each gpunn row on the GPU records how many of its last run's steps were replayed as
+    recorded CUDA graphs: the figure that says whether the rate is the fast path's."""
+    from gpunn.bench import contenders as C
+
+    data = C.SyntheticData(TINY.layers[0], TINY.layers[-1], 64, seed=0)
+    gpunn_gpu = C.make_gpunn(TINY, "cupy", 8, data)
+    for _ in range(2):
+        gpunn_gpu.run(16)
+    info = gpunn_gpu.info
+    assert info["replayed_steps"] + info["eager_steps"] == 16
+    assert info["replayed_steps"] == 16  # warmed up and recorded in the first run
+    cpu = C.make_gpunn(TINY, "numpy", 8, data)
+    cpu.run(16)
+    assert "replayed_steps" not in cpu.info

@@ -92,3 +92,15 @@ def test_an_unreadable_file_is_reported(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert gpu_targets.main([str(tmp_path / "bad.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_share_of_steps_replayed_as_graphs_is_printed(tmp_path, capsys):
+    data = results(MET)
+    for r in data["rows"]:
+        if r["config"] == "mlp-b32" and r["backend"] == "cupy":
+            r["info"] = {"replayed_steps": 99, "eager_steps": 1}
+        if r["config"] == "wide-b8192" and r["backend"] == "cupy":
+            r["info"] = {"replayed_steps": 0, "eager_steps": 40}
+    code, out = run(tmp_path, data, capsys)
+    assert code == 0
+    assert "replayed as CUDA graphs: mlp-b32 99%, wide-b8192 0%" in out

@@ -145,6 +145,9 @@ class CupyOps(Ops):
         self._eager_only: set[Any] = set()
         self._warned_capture = False
         self._zero_cache: dict[Any, Any] = {}
+        # steps run by launching a recorded graph, and kernel by kernel (for diagnostics)
+        self.replayed_steps = 0
+        self.eager_steps = 0
         self._own_gemm: Gemm | None = None
         self.cublas_problem: str | None = None  # why gpunn's own cuBLAS handle is not in use
         if self.tf32 and cupy is not None:  # pragma: no cover - needs a GPU
@@ -325,6 +328,7 @@ class CupyOps(Ops):
         """
         key = (key, float32_compute_type())
         if not self.graphs or key in self._eager_only:
+            self.eager_steps += 1
             self._on_stream(step)
             return
         record = self._steps.get(key)
@@ -335,10 +339,12 @@ class CupyOps(Ops):
         else:
             self._steps.move_to_end(key)
         if record.graph is not None:
+            self.replayed_steps += 1
             self._on_stream(lambda: record.graph.launch(self.stream))
             return
         if record.calls < self.warmup:
             record.calls += 1
+            self.eager_steps += 1
             self._on_stream(step)
             return
         self._on_stream(lambda: self._capture(key, record, step))
@@ -372,10 +378,12 @@ class CupyOps(Ops):
                     RuntimeWarning,
                     stacklevel=4,
                 )
+            self.eager_steps += 1
             step()  # the capture ran nothing: do this step's work now
             return
         record.graph = graph
         record.blocks = allocator.blocks
+        self.replayed_steps += 1
         graph.launch(stream)  # capture only recorded the step: run it
 
     def _on_stream(self, work: Callable[[], None]) -> None:

@@ -76,10 +76,12 @@ class SyntheticData:
         return self._onehot
 
     def for_gpunn(self, backend: Any) -> tuple[Any, Any]:
-        """(X, labels) on the device of a gpunn backend, transferred once."""
+        """(X, one-hot targets) on the device of a gpunn backend, transferred once. Targets
+        given as rows are used as they are, where labels would be one-hot encoded anew by
+        every fit: each timed run then finds its steps already recorded on the GPU."""
         key = ("gpunn", backend.name)
         if key not in self._cache:
-            self._cache[key] = (backend.asarray(self.X), backend.asarray(self.labels))
+            self._cache[key] = (backend.asarray(self.X), backend.asarray(self.onehot))
             backend.synchronize()
         return self._cache[key]
 
@@ -143,14 +145,27 @@ def make_gpunn(cfg: BenchConfig, backend: str, batch: int, data: SyntheticData,
     X, y = data.for_gpunn(be)
     n = len(data)
 
+    info: dict[str, Any] = {"device": be.device_name()}
+
     def run(steps: int) -> None:
         spp, passes = _split(steps, batch, n)
         m = spp * batch
+        before = _step_counts(be)
         net.fit(X[:m], y[:m], epochs=passes, batch_size=batch, lr=cfg.lr, shuffle=False,
                 progress=False)
+        if before is not None:  # the last run's: how its steps ran (recorded graphs or not)
+            replayed, eager = (a - b for a, b in zip(_step_counts(be), before, strict=True))
+            info.update(replayed_steps=replayed, eager_steps=eager)
 
-    return Contender("gpunn", be.name, batch, run, backend_timer(be),
-                     {"device": be.device_name()}, net)
+    return Contender("gpunn", be.name, batch, run, backend_timer(be), info, net)
+
+
+def _step_counts(backend: Ops) -> tuple[int, int] | None:
+    """(steps replayed as recorded graphs, steps run kernel by kernel) so far, where the
+    backend records steps; None where it does not."""
+    if not backend.replays_steps:
+        return None
+    return backend.replayed_steps, backend.eager_steps
 
 
 # --------------------------------------------------------------------------- PyTorch
