@@ -25,6 +25,7 @@ copy; anything else is left to ``cupy.matmul``.
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,35 +87,36 @@ def _column_major(shape: tuple[int, int], strides: tuple[int, int]) -> tuple[int
     return None
 
 
-def _element_strides(array: Any) -> tuple[int, int] | None:
-    itemsize = array.dtype.itemsize
-    strides = tuple(int(s) for s in array.strides)
-    if any(s < 0 or s % itemsize for s in strides):
-        return None
-    return strides[0] // itemsize, strides[1] // itemsize
-
-
 def gemm_plan(a: Any, b: Any, out: Any) -> GemmPlan | None:
     """The cuBLAS call that writes a @ b into ``out`` in place, or None when one call cannot:
     not three 2-D arrays of one dtype cuBLAS takes here (float32, float64), shapes that do not
     chain, an empty product, sizes beyond int32, or a layout that fits no op (see
-    :func:`_column_major`); ``out`` must have contiguous rows."""
-    if not (a.ndim == b.ndim == out.ndim == 2):
+    :func:`_column_major`); ``out`` must have contiguous rows. Plans are kept by layout: a
+    training step asks for the same few again and again."""
+    return _plan(a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, a.dtype,
+                 b.dtype, out.dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(a_shape: tuple, a_strides: tuple, b_shape: tuple, b_strides: tuple,
+          out_shape: tuple, out_strides: tuple, *dtypes: numpy.dtype) -> GemmPlan | None:
+    """:func:`gemm_plan` from the arrays' shapes, byte strides and dtypes."""
+    if not (len(a_shape) == len(b_shape) == len(out_shape) == 2):
         return None
-    if not (a.dtype == b.dtype == out.dtype) or a.dtype not in CUDA_DATA_TYPES:
+    if len(set(dtypes)) != 1 or dtypes[0] not in CUDA_DATA_TYPES:
         return None
-    (m, k), (k2, n) = a.shape, b.shape
-    if k2 != k or out.shape != (m, n) or 0 in (m, n, k):
+    (m, k), (k2, n) = a_shape, b_shape
+    if k2 != k or out_shape != (m, n) or 0 in (m, n, k):
         return None
-    strides = [_element_strides(x) for x in (a, b, out)]
-    if None in strides:
+    itemsize = dtypes[0].itemsize
+    if any(s < 0 or s % itemsize for s in (*a_strides, *b_strides, *out_strides)):
         return None
-    a_strides, b_strides, (ldc, out_col) = strides
+    ldc, out_col = (s // itemsize for s in out_strides)
     if not (out_col == 1 or n == 1):
         return None
     ldc = ldc if m > 1 else n
-    first = _column_major((k, n), b_strides)  # bᵀ, n × k
-    second = _column_major((m, k), a_strides)  # aᵀ, k × m
+    first = _column_major((k, n), tuple(s // itemsize for s in b_strides))  # bᵀ, n × k
+    second = _column_major((m, k), tuple(s // itemsize for s in a_strides))  # aᵀ, k × m
     if first is None or second is None or ldc < n:
         return None
     plan = GemmPlan(first[0], second[0], n, m, k, first[1], second[1], ldc)
