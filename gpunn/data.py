@@ -1030,12 +1030,11 @@ def _parse_csv(source: _CsvText, label_index: int | None) -> np.ndarray:
     lines = [line for _, line in source.rows]
     if '"' in lines[0]:  # NumPy takes a quote only at a cell's start: drop spaces before it
         lines = [_drop_space_before_quotes(line, source.delimiter) for line in lines]
-    for dtype in (np.int32, np.float64):
-        table = _numpy_table(lines, source.delimiter, dtype)
-        if table is not None and table.shape[1] == source.n_cols:
-            return table
-        if table is not None:
-            break
+    table = _numpy_table(lines, source.delimiter, np.int32)
+    if table is None:
+        table = _numpy_table(lines, source.delimiter, np.float64)
+    if table is not None and table.shape[1] == source.n_cols:
+        return table
     # NumPy's fast parser failed: read the rows in Python, to name the cell that is wrong.
     table = np.empty((len(source.rows), source.n_cols))
     for i, (number, line) in enumerate(source.rows):

@@ -36,10 +36,9 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .backend import ENV_VAR as BACKEND_ENV_VAR
-from .backend import Array, Ops, get_backend
+from .backend import Array, Ops, get_backend, requested_backend
 from .backend import cuda as _cuda
-from .errors import BackendUnavailableError, InputError
+from .errors import BackendUnavailableError, InputError, describe
 
 if TYPE_CHECKING:
     from .network import Network
@@ -353,7 +352,7 @@ def _import_mpi() -> Any:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as exc:
         raise BackendUnavailableError(
-            f"the MPI engine is not available ({type(exc).__name__}: {exc}); {MPI_INSTALL_HINT}"
+            f"the MPI engine is not available ({describe(exc)}); {MPI_INSTALL_HINT}"
         ) from exc
     return MPI
 
@@ -435,12 +434,9 @@ def _local_rank(MPI: Any, mpi_comm: Any) -> int:
 def _may_choose_the_gpu(ops: Ops | str | None) -> bool:
     """Whether choosing the backend ``ops`` names may pick CuPy: "cupy", or "auto" (or None)
     unless GPUNN_BACKEND says numpy. A backend already made has chosen its device."""
-    if isinstance(ops, Ops):
+    if isinstance(ops, Ops) or not (ops is None or isinstance(ops, str)):
         return False
-    name = (ops or "auto").strip().lower() if isinstance(ops, str) or ops is None else ""
-    if name == "auto":
-        name = os.environ.get(BACKEND_ENV_VAR, "").strip().lower() or "auto"
-    return name in ("cupy", "auto")
+    return requested_backend(ops).strip().lower() in ("cupy", "auto")
 
 
 def _select_launcher_gpu(local_rank: int) -> None:

@@ -34,7 +34,7 @@ import numpy
 import numpy.lib.format as npy_format
 
 from . import validation
-from .errors import GpunnError, InputError, InputTypeError, ModelFileError
+from .errors import GpunnError, InputError, InputTypeError, ModelFileError, describe
 from .files import as_path, atomic_write
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ def read_model_file(
     ) as exc:
         raise ModelFileError(
             f"{path} is not a readable gpunn model file (truncated or corrupt): "
-            f"{type(exc).__name__}: {exc}"
+            f"{describe(exc)}"
         ) from None
 
 

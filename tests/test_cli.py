@@ -578,3 +578,21 @@ def test_the_command_line_reference_is_up_to_date() -> None:
             for flag in action.option_strings:
                 if flag not in ("-h", "--help"):
                     assert f"`{flag}" in page, (name, flag)
+
+
+def test_save_writes_the_last_epoch_once(tmp_path, monkeypatch, capsys):
+    """Checkpoints come after the first epoch and when due; the last epoch is written once,
+    by the final save that follows early stopping's restore."""
+    written = []
+    save = gpunn.Network.save
+
+    def counting_save(net, path, **extra):
+        written.append(extra["epoch"])
+        save(net, path, **extra)
+
+    monkeypatch.setattr(gpunn.Network, "save", counting_save)
+    for epochs in ("1", "3"):
+        written.clear()
+        assert cli.main(["train", "--data", "iris", "--backend", "numpy", "--epochs", epochs,
+                         "--quiet", "--save", str(tmp_path / f"m{epochs}.npz")]) == 0
+        assert written.count(int(epochs)) == 1 and written[0] == 1

@@ -37,6 +37,7 @@ __all__ = [
     "cupy_module",
     "get_backend",
     "gpu_available",
+    "requested_backend",
     "tf32_scope",
     "unavailable_reason",
 ]
@@ -51,6 +52,14 @@ def available_backends() -> list[str]:
     return ["numpy", "cupy"] if gpu_available() else ["numpy"]
 
 
+def requested_backend(name: str | None) -> str:
+    """What a backend argument asks for before anything is chosen: the name itself, or for
+    ``"auto"`` (and None) the name in ``GPUNN_BACKEND``, else ``"auto"``."""
+    if name is None or name == "auto":
+        return os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    return name
+
+
 def get_backend(name: str | Ops | None = "auto") -> Ops:
     """The kernels for ``name``: ``"numpy"``, ``"cupy"`` or ``"auto"`` (None means ``"auto"``).
 
@@ -59,10 +68,9 @@ def get_backend(name: str | Ops | None = "auto") -> Ops:
     if isinstance(name, Ops):
         return name
     from_env = name is None or name == "auto"
-    if from_env:
-        name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-        if name == "auto":
-            return _auto_backend()
+    name = requested_backend(name)
+    if name == "auto":
+        return _auto_backend()
     where = f"the {ENV_VAR} environment variable" if from_env else "backend"
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
         raise InputError(

@@ -95,7 +95,8 @@ def _cuda_versions() -> tuple[int, int]:
     return versions[0], versions[1]
 
 
-def _cuda_release(version: int) -> str:
+def cuda_release(version: int) -> str:
+    """12040 -> '12.4' (CUDA encodes versions as 1000 major + 10 minor)."""
     return f"{version // 1000}.{version % 1000 // 10}"
 
 
@@ -107,13 +108,13 @@ def insufficient_driver_advice(text: str, driver: int, runtime: int) -> str:
             f"no NVIDIA driver is installed ({text}); install the NVIDIA driver for your GPU, "
             "or run on the CPU with backend='numpy'"
         )
-    built_for = f"CUDA {_cuda_release(runtime)}" if runtime else "a newer CUDA"
+    built_for = f"CUDA {cuda_release(runtime)}" if runtime else "a newer CUDA"
     advice = f"update the NVIDIA driver to one for {built_for}"
     major = driver // 1000
     if runtime and major in (12, 13) and major < runtime // 1000:  # the extras gpunn offers
         advice += f', or install the CuPy build for CUDA {major}: pip install "gpunn[cuda{major}]"'
     return (
-        f"the NVIDIA driver supports CUDA {_cuda_release(driver)} but this CuPy was built for "
+        f"the NVIDIA driver supports CUDA {cuda_release(driver)} but this CuPy was built for "
         f"{built_for} ({text}); {advice}"
     )
 
@@ -157,9 +158,15 @@ def set_float32_compute_type(compute_type: int) -> None:
 
 def tf32_compute_type(enabled: bool) -> int:
     """The compute type of float32 products on TensorFloat-32 (``enabled``) or CuPy's default."""
-    from cupy._core import _routines_linalg as linalg
-
+    linalg = _cupy_linalg()
     return linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+
+
+def _cupy_linalg() -> Any:
+    """CuPy's module of compute-type constants (``COMPUTE_TYPE_TF32``, ...)."""
+    from cupy._core import _routines_linalg
+
+    return _routines_linalg
 
 
 def tf32_in_use() -> bool:
@@ -197,20 +204,14 @@ def gemm_compute_type(dtype: Any) -> int:
     """The cublasComputeType_t that ``cupy.matmul`` would use for a product in ``dtype`` now:
     TF32 or pedantic where CuPy's compute type for that dtype says so, otherwise plain float32
     or float64 (CuPy computes float32 products in float32 under its other settings too)."""
+    linalg = _cupy_linalg()
     setting = cupy._core.get_compute_type(dtype)
-    tf32, pedantic = _cupy_compute_types()
+    pedantic = setting == linalg.COMPUTE_TYPE_PEDANTIC
     if numpy.dtype(dtype) == numpy.float64:
-        return CUBLAS_COMPUTE_64F_PEDANTIC if setting == pedantic else CUBLAS_COMPUTE_64F
-    if setting == tf32:
+        return CUBLAS_COMPUTE_64F_PEDANTIC if pedantic else CUBLAS_COMPUTE_64F
+    if setting == linalg.COMPUTE_TYPE_TF32:
         return CUBLAS_COMPUTE_32F_FAST_TF32
-    return CUBLAS_COMPUTE_32F_PEDANTIC if setting == pedantic else CUBLAS_COMPUTE_32F
-
-
-def _cupy_compute_types() -> tuple[int, int]:
-    """CuPy's values for its TF32 and pedantic compute types."""
-    from cupy._core import _routines_linalg as linalg
-
-    return linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_PEDANTIC
+    return CUBLAS_COMPUTE_32F_PEDANTIC if pedantic else CUBLAS_COMPUTE_32F
 
 
 @functools.cache

@@ -47,6 +47,7 @@ from . import kernels as K
 from .cublas import CUBLAS_STATUS_ALLOC_FAILED, CublasError, gemm_plan
 from .cuda import (
     Gemm,
+    cuda_release,
     cupy,
     float32_compute_type,
     own_cublas_gemm,
@@ -80,17 +81,12 @@ def _out_of_memory(exc: BaseException) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(exc, cupy.cuda.runtime.CUDARuntimeError):
         return status == 2
-    return type(exc).__name__ == "CUBLASError" and status == 3
+    return type(exc).__name__ == "CUBLASError" and status == CUBLAS_STATUS_ALLOC_FAILED
 
 
 def _device_name(properties: dict[str, Any]) -> str:
     name = properties["name"]
     return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-
-
-def _cuda_version(version: int) -> str:
-    """12040 -> '12.4' (CUDA encodes versions as 1000 major + 10 minor)."""
-    return f"{version // 1000}.{(version % 1000) // 10}"
 
 
 def _mib(nbytes: int) -> str:
@@ -232,8 +228,8 @@ class CupyOps(Ops):
             "multiprocessors": properties["multiProcessorCount"],
             "memory_total_gib": round(properties["totalGlobalMem"] / 2**30, 2),
             "memory_free_gib": round(free / 2**30, 2),
-            "driver_cuda_version": _cuda_version(runtime.driverGetVersion()),
-            "runtime_cuda_version": _cuda_version(runtime.runtimeGetVersion()),
+            "driver_cuda_version": cuda_release(runtime.driverGetVersion()),
+            "runtime_cuda_version": cuda_release(runtime.runtimeGetVersion()),
         }
 
     def event_clock(self) -> EventClock:

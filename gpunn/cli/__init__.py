@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gpunn`` command line on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    from ..errors import GpunnError
+    from ..errors import GpunnError, describe
 
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(_error_text(exc), EXIT_ERROR, debug)
     except Exception as exc:
         return _fail(
-            f"unexpected {type(exc).__name__}: {exc} (this is a bug in gpunn; run again with "
+            f"unexpected {describe(exc)} (this is a bug in gpunn; run again with "
             "--debug for the traceback and report it)", EXIT_ERROR, debug,
         )
     finally:

@@ -149,8 +149,9 @@ class _EpochEnd(Callback):
         self.records.append(_finite_or_none(record))
         if not self.quiet:
             _print_progress(_progress_line(record, self.last_epoch), self.show_bar)
-        if self.writer is not None:
-            self.writer.after_epoch(int(record["epoch"]))
+        epoch = int(record["epoch"])
+        if self.writer is not None and epoch < self.last_epoch:  # the last: _train saves it
+            self.writer.after_epoch(epoch)
         return False
 
 
